@@ -1,0 +1,8 @@
+//! wasm-operator: reconciles `WasmRuntime` objects (see [`api`]) into RuntimeClasses, node
+//! labels and a verified, rolling installer rollout.
+
+pub mod api;
+pub mod crdgen;
+pub mod error;
+
+pub use error::Error;

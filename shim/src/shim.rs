@@ -1,0 +1,353 @@
+//! Glue between containerd-shim-wasm and the [`engine`](crate::engine).
+//!
+//! containerd-shim-wasm runs `Sandbox::run_wasi` in the container's init process (a youki
+//! container whose "executable" is this function) after namespaces, cgroups, mounts,
+//! `pivot_root`, `chdir(cwd)` and seccomp are done; its return value becomes the process
+//! exit status. Everything here therefore sees the container's view of the world.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_shim_wasm::sandbox::Sandbox;
+use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source, WasmLayer};
+use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cache::{self, OciCompiler};
+use crate::engine::{
+    Guest, NetworkPolicy, Outcome, RunConfig, Stdio, StopHandle, WasmEngine, WasmKind, check_wasm,
+};
+use crate::error::Error;
+use crate::{limits, mounts};
+
+/// Layer media types taken from OCI Wasm artifacts: runwasi's two, the `w3c` module type
+/// some older tools push, and the CNCF TAG Runtime Wasm artifact layer (whose image config
+/// `application/vnd.wasm.config.v0+json` carries `architecture: wasm`, which is what
+/// containerd-shim-wasm checks before looking at layers).
+pub const SUPPORTED_LAYER_TYPES: &[&str] = &[
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.w3c.wasm.module.v1+wasm",
+];
+
+/// After SIGTERM, the hard deadline for the whole process: the engine abandons a guest
+/// stuck in a host call after [`crate::engine::STOP_GRACE`]; this catches anything else.
+const HARD_STOP: Duration = Duration::from_millis(900);
+
+pub struct WasmtimeShim;
+
+impl Shim for WasmtimeShim {
+    fn name() -> &'static str {
+        "wasmtime"
+    }
+
+    fn version() -> Version {
+        version!()
+    }
+
+    type Sandbox = WasmtimeSandbox;
+
+    async fn compiler() -> Option<impl Compiler> {
+        match WasmEngine::new() {
+            Ok(engine) => Some(OciCompiler::new(engine)),
+            Err(e) => {
+                tracing::error!(error = %e, "precompilation of OCI layers disabled");
+                None
+            }
+        }
+    }
+
+    fn supported_layers_types() -> &'static [&'static str] {
+        SUPPORTED_LAYER_TYPES
+    }
+}
+
+#[derive(Default)]
+pub struct WasmtimeSandbox;
+
+impl Sandbox for WasmtimeSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        match run_container(ctx).await {
+            Ok(outcome) => {
+                report(&outcome);
+                Ok(outcome.exit_code())
+            }
+            // The executor turns an `Err` into exit 137, which would read as an OOM kill.
+            // A container that cannot start gets what a shell gives a command it cannot
+            // run: 127 not found, 126 not runnable; the reason goes to the container log.
+            Err(e) => {
+                let code = match e {
+                    Error::EntrypointNotFound { .. } => 127,
+                    _ => 126,
+                };
+                eprintln!("containerd-shim-wasmtime: {}", chain(&e));
+                tracing::error!(error = %chain(&e), code, "container cannot run");
+                Ok(code)
+            }
+        }
+    }
+
+    /// Runs at container start; replaces the library's check (which also accepts `.wat`)
+    /// with one whose error names the file and the expected magic bytes. Native
+    /// executables never get here: the library runs ELF and `#!` entrypoints as ordinary
+    /// Linux processes (the pod's pause container, sidecars).
+    async fn can_handle(&self, ctx: &impl RuntimeContext) -> anyhow::Result<()> {
+        let Source::File(path) = ctx.entrypoint().source else {
+            return Ok(());
+        };
+        let env = env_pairs(ctx.envs());
+        let checked = resolve_entrypoint(&path, &env).and_then(|resolved| {
+            let head = read_head(&resolved)?;
+            check_wasm(&resolved.display().to_string(), &head).map(|_| ())
+        });
+        if let Err(e) = &checked {
+            // The library only logs "can't handle"; put the reason in the container log.
+            eprintln!("containerd-shim-wasmtime: {e}");
+        }
+        Ok(checked?)
+    }
+}
+
+async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
+    let env = env_pairs(ctx.envs());
+    let entrypoint = ctx.entrypoint();
+    let engine = WasmEngine::new()?;
+
+    let guest = match &entrypoint.source {
+        Source::File(path) => {
+            let resolved = resolve_entrypoint(path, &env)?;
+            let origin = resolved.display().to_string();
+            let wasm = std::fs::read(&resolved).map_err(|source| Error::ReadEntrypoint {
+                path: origin.clone(),
+                source,
+            })?;
+            // Closed at the end of this block, before any guest code runs (see cache docs).
+            let cache = cache::take_inherited();
+            cache::load_or_compile(&engine, cache.as_ref(), &origin, &wasm)?
+        }
+        Source::Oci(layers) => {
+            drop(cache::take_inherited());
+            load_oci(&engine, layers)?
+        }
+    };
+
+    let cwd = std::env::current_dir().ok();
+    let mut args = ctx.args().to_vec();
+    if let Some(arg0) = args.first_mut()
+        && let Some((path, _func)) = arg0.split_once('#')
+    {
+        *arg0 = path.to_string();
+    }
+    let cfg = RunConfig {
+        args,
+        network: NetworkPolicy::from_env(&env),
+        env,
+        cwd: cwd.as_ref().and_then(|c| c.to_str()).map(str::to_string),
+        preopens: mounts::container_preopens(cwd.as_deref()),
+        memory_limit: limits::container_memory_limit(),
+        stdio: Stdio::Inherit,
+        func: entrypoint.func,
+    };
+    tracing::info!(
+        kind = match guest { Guest::Module(_) => "module", Guest::Component(_) => "component" },
+        preopens = ?cfg.preopens,
+        memory_limit = ?cfg.memory_limit,
+        network = ?cfg.network,
+        "starting guest"
+    );
+
+    let stop = engine.stop_handle();
+    let watcher = stop_on_sigterm(stop.clone());
+    let outcome = engine.run(&guest, cfg, &stop).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    outcome
+}
+
+fn load_oci(engine: &WasmEngine, layers: &[WasmLayer]) -> Result<Guest, Error> {
+    let wasm: Vec<&WasmLayer> = layers
+        .iter()
+        .filter(|l| l.precompiled || WasmKind::detect(&l.layer).is_some())
+        .collect();
+    match wasm.as_slice() {
+        [layer] => {
+            let origin = format!("OCI layer {}", layer.config.digest());
+            if layer.precompiled {
+                engine.deserialize(&origin, &layer.layer)
+            } else {
+                engine.compile(&origin, &layer.layer)
+            }
+        }
+        // Layers of a Wasm media type that hold something else: say what they hold.
+        [] if !layers.is_empty() => {
+            let first = &layers[0];
+            check_wasm(
+                &format!("OCI layer {}", first.config.digest()),
+                &first.layer,
+            )
+            .and(Err(Error::LayerCount { count: 0 }))
+        }
+        other => Err(Error::LayerCount { count: other.len() }),
+    }
+}
+
+/// SIGTERM: ask the engine to stop the guest (epoch interruption), and exit 143 regardless
+/// at [`HARD_STOP`]. The handler matters: the guest runs as PID 1 of the container's PID
+/// namespace, where a signal without a handler is ignored, so without it the container
+/// would only die at SIGKILL after the grace period.
+fn stop_on_sigterm(stop: StopHandle) -> Option<tokio::task::JoinHandle<()>> {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM; the container stops only on SIGKILL");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        term.recv().await;
+        tracing::info!("SIGTERM: stopping the guest");
+        stop.stop();
+        tokio::time::sleep(HARD_STOP).await;
+        tracing::warn!("guest still running {HARD_STOP:?} after SIGTERM; exiting 143");
+        std::process::exit(143);
+    }))
+}
+
+fn report(outcome: &Outcome) {
+    match outcome {
+        Outcome::Exited(code) => tracing::info!(code, "guest exited"),
+        Outcome::MemoryLimitExceeded { limit, requested } => {
+            eprintln!(
+                "containerd-shim-wasmtime: guest memory would grow to {requested} bytes, above \
+                 the container limit of {limit} bytes; exiting 137 as an OOM kill would"
+            );
+            tracing::warn!(limit, requested, "memory limit exceeded");
+        }
+        Outcome::Stopped => tracing::info!("guest stopped by SIGTERM"),
+        Outcome::Trapped(trap) => {
+            eprintln!("containerd-shim-wasmtime: guest trapped: {trap}");
+            tracing::warn!(%trap, "guest trapped");
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `K=V` strings from the OCI spec into pairs; an entry without `=` is a key with an
+/// empty value.
+pub fn env_pairs(envs: &[String]) -> Vec<(String, String)> {
+    envs.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect()
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds the entrypoint as runc would: a path with a `/` is used as is (relative to the
+/// working directory); a bare name is looked up in the container's `PATH`, then the
+/// working directory.
+pub fn resolve_entrypoint(path: &Path, env: &[(String, String)]) -> Result<PathBuf, Error> {
+    let not_found = || Error::EntrypointNotFound {
+        path: path.display().to_string(),
+    };
+    if path.as_os_str().is_empty() {
+        return Err(Error::EntrypointNotFound {
+            path: "(empty process.args[0])".to_string(),
+        });
+    }
+    if path.components().count() > 1 {
+        return path
+            .is_file()
+            .then(|| path.to_path_buf())
+            .ok_or_else(not_found);
+    }
+    let search = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    search
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(path))
+        .chain(std::iter::once(path.to_path_buf()))
+        .find(|p| p.is_file())
+        .ok_or_else(not_found)
+}
+
+fn read_head(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    let err = |source| Error::ReadEntrypoint {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut head = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(err)?;
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_split_at_first_equals() {
+        let got = env_pairs(&["A=1".into(), "B=x=y".into(), "C".into()]);
+        assert_eq!(
+            got,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "x=y".into()),
+                ("C".into(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn entrypoint_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("app.wasm"), b"x").unwrap();
+        let env = vec![("PATH".to_string(), bin.display().to_string())];
+        assert_eq!(
+            resolve_entrypoint(Path::new("app.wasm"), &env).unwrap(),
+            bin.join("app.wasm")
+        );
+        assert_eq!(
+            resolve_entrypoint(&bin.join("app.wasm"), &[]).unwrap(),
+            bin.join("app.wasm")
+        );
+        let missing = resolve_entrypoint(&bin.join("nope.wasm"), &env).unwrap_err();
+        assert!(missing.to_string().contains("nope.wasm"), "{missing}");
+    }
+
+    #[test]
+    fn layer_types_include_cncf_and_runwasi() {
+        for t in [
+            "application/vnd.wasm.content.layer.v1+wasm",
+            "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+            "application/wasm",
+        ] {
+            assert!(SUPPORTED_LAYER_TYPES.contains(&t), "{t}");
+        }
+    }
+}

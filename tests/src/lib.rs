@@ -1,0 +1,13 @@
+//! The project's test bed: pinned versions and cache paths of the real parts (used by
+//! `cargo xtask testbed`), and [`TestCluster`], which starts a real etcd + kube-apiserver (and on request controller-manager, scheduler and kwok) for a test.
+
+pub mod paths;
+pub mod versions;
+
+mod cluster;
+mod error;
+mod pki;
+mod process;
+
+pub use cluster::{ClusterOptions, POD_CIDR, SERVICE_CIDR, TestCluster};
+pub use error::Error;

@@ -1,0 +1,41 @@
+//! Where the test bed lives: a cache directory outside the clone, so a CI run on the same
+//! machine reuses what an earlier run built.
+
+use std::path::PathBuf;
+
+use crate::versions::{DebPackage, GoBuild};
+
+/// `$WASMRUNTIME_CACHE`, else `$XDG_CACHE_HOME/wasmruntime`, else `~/.cache/wasmruntime`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMRUNTIME_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache"));
+    base.join("wasmruntime")
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// Directory of one Go build: `src/` (the wrapper module) and `bin/`.
+pub fn go_dir(build: &GoBuild) -> PathBuf {
+    cache_root().join("go").join(build.name).join(build.version)
+}
+
+/// A binary of a Go build, e.g. `go_bin(&KUBERNETES_BUILD, "kube-apiserver")`.
+pub fn go_bin(build: &GoBuild, binary: &str) -> PathBuf {
+    go_dir(build).join("bin").join(binary)
+}
+
+/// Root an unpacked Debian package was extracted into (`usr/bin/...` below it).
+pub fn deb_root(pkg: &DebPackage) -> PathBuf {
+    cache_root().join("deb").join(pkg.dir)
+}
+
+/// The cargo target directory used by xtask for everything it builds.
+pub fn cargo_target() -> PathBuf {
+    cache_root().join("target")
+}

@@ -1,0 +1,51 @@
+//! Running commands, with the command line in every error.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Build into the cache unless the caller chose a target dir: a fresh clone on the same machine
+/// then reuses earlier builds.
+pub fn default_target_dir() {
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        // SAFETY: called first thing in main, before any thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CARGO_TARGET_DIR", testbed::paths::cargo_target());
+        }
+    }
+}
+
+/// Run a command to completion; fail with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Run a command and return its stdout.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo <args>` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root()))
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace")
+}
