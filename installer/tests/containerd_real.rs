@@ -2,8 +2,8 @@
 //! `containerd --config <file> config dump` exits non-zero on a config it rejects, and
 //! its output shows whether containerd sees our runtime under the right plugin.
 //!
-//! The binaries are expected at ~/.cache/wasmruntime/containerd/<version>/usr/bin/.
-//! These tests fail (never skip) when they are missing.
+//! The binaries come from the test bed (`cargo xtask testbed`); these tests fail (never skip)
+//! when they are missing.
 
 mod common;
 
@@ -15,18 +15,19 @@ use rstest::rstest;
 use toml_edit::DocumentMut;
 
 fn containerd_bin(version: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let bin = Path::new(&home)
-        .join(".cache/wasmruntime/containerd")
-        .join(version)
-        .join("usr/bin/containerd");
+    let pkg = testbed::versions::containerd_package(version)
+        .unwrap_or_else(|| panic!("the test bed has no containerd {version}"));
+    let bin = testbed::paths::deb_root(&pkg).join("usr/bin/containerd");
     assert!(
         bin.exists(),
-        "{} is missing. Install it without touching the system: \
-         `apt-get download containerd=<debian version>` (1.6.20~ds1-1+deb12u3 from Debian 12, \
-         1.7.24~ds1-6+deb13u1 from trixie, 2.1.9+ds1-5 from sid) and \
-         `dpkg -x containerd_*.deb ~/.cache/wasmruntime/containerd/{version}`",
+        "{} is missing: run `cargo xtask testbed` to unpack the test bed's containerd packages",
         bin.display()
+    );
+    let unpacked = testbed::paths::deb_version(&pkg).unwrap_or_default();
+    assert!(
+        unpacked.starts_with(version),
+        "the test bed's {} holds containerd {unpacked}, these fixtures were made for {version}",
+        pkg.dir
     );
     bin
 }

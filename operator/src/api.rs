@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(back, runtime);
         // Nothing the sample says is lost on the way through our types.
         let original: Value = serde_yaml::from_str(SAMPLE).unwrap();
-        assert_eq!(json["spec"]["nodeSelector"], original["spec"]["nodeSelector"]);
+        assert_eq!(
+            json["spec"]["nodeSelector"],
+            original["spec"]["nodeSelector"]
+        );
         assert_eq!(json["spec"]["rollout"], original["spec"]["rollout"]);
     }
 
@@ -460,7 +463,10 @@ mod tests {
     #[case(json!("true"), SystemdCgroup::True)]
     #[case(json!("false"), SystemdCgroup::False)]
     fn systemd_cgroup_values(#[case] wire: Value, #[case] value: SystemdCgroup) {
-        assert_eq!(serde_json::from_value::<SystemdCgroup>(wire.clone()).unwrap(), value);
+        assert_eq!(
+            serde_json::from_value::<SystemdCgroup>(wire.clone()).unwrap(),
+            value
+        );
         assert_eq!(serde_json::to_value(value).unwrap(), wire);
     }
 
@@ -471,7 +477,10 @@ mod tests {
     #[case("command", RestartStrategy::Command)]
     #[case("none", RestartStrategy::None)]
     fn restart_strategy_values(#[case] wire: &str, #[case] value: RestartStrategy) {
-        assert_eq!(serde_json::from_value::<RestartStrategy>(json!(wire)).unwrap(), value);
+        assert_eq!(
+            serde_json::from_value::<RestartStrategy>(json!(wire)).unwrap(),
+            value
+        );
         assert_eq!(serde_json::to_value(value).unwrap(), json!(wire));
     }
 

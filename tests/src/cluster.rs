@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use crate::Error;
 use crate::paths;
 use crate::pki::{self, Pki};
 use crate::process::Component;
 use crate::versions::{ETCD_BUILD, KUBERNETES_BUILD, KWOK_BUILD};
-use crate::Error;
 
 /// Pod addresses of test clusters (198.18.0.0/15 is reserved for network tests like ours).
 pub const POD_CIDR: &str = "198.18.0.0/16";
@@ -44,7 +44,11 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     /// Every component: a control plane that runs workloads on kwok nodes.
     pub fn full() -> Self {
-        Self { controller_manager: true, scheduler: true, kwok: true }
+        Self {
+            controller_manager: true,
+            scheduler: true,
+            kwok: true,
+        }
     }
 }
 
@@ -77,7 +81,8 @@ impl TestCluster {
         let address = free_loopback_address()?;
         let pki = pki::write(&path.join("pki"), &[IpAddr::V4(address), service_ip()])?;
         let kubeconfig = path.join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(address, &pki)).map_err(|e| Error::io(&kubeconfig, e))?;
+        std::fs::write(&kubeconfig, kubeconfig_yaml(address, &pki))
+            .map_err(|e| Error::io(&kubeconfig, e))?;
         let client = client_for(&kubeconfig).await?;
 
         let mut cluster = Self {
@@ -89,7 +94,11 @@ impl TestCluster {
             dir: Some(dir),
             path,
         };
-        cluster.launch("etcd", paths::go_bin(&ETCD_BUILD, "etcd"), cluster.etcd_args())?;
+        cluster.launch(
+            "etcd",
+            paths::go_bin(&ETCD_BUILD, "etcd"),
+            cluster.etcd_args(),
+        )?;
         cluster.wait_tcp(ETCD_CLIENT_PORT).await?;
         cluster.launch(
             "kube-apiserver",
@@ -99,12 +108,20 @@ impl TestCluster {
         cluster.wait_readyz().await?;
         if options.controller_manager {
             let args = cluster.controller_manager_args();
-            cluster.launch("kube-controller-manager", paths::go_bin(&KUBERNETES_BUILD, "kube-controller-manager"), args)?;
+            cluster.launch(
+                "kube-controller-manager",
+                paths::go_bin(&KUBERNETES_BUILD, "kube-controller-manager"),
+                args,
+            )?;
             cluster.wait_tcp(CONTROLLER_MANAGER_PORT).await?;
         }
         if options.scheduler {
             let args = cluster.scheduler_args();
-            cluster.launch("kube-scheduler", paths::go_bin(&KUBERNETES_BUILD, "kube-scheduler"), args)?;
+            cluster.launch(
+                "kube-scheduler",
+                paths::go_bin(&KUBERNETES_BUILD, "kube-scheduler"),
+                args,
+            )?;
             cluster.wait_tcp(SCHEDULER_PORT).await?;
         }
         if options.kwok {
@@ -144,7 +161,10 @@ impl TestCluster {
 
     /// PID of a running component, e.g. "kube-apiserver".
     pub fn pid(&self, component: &str) -> Option<u32> {
-        self.components.iter().find(|c| c.name == component).map(Component::pid)
+        self.components
+            .iter()
+            .find(|c| c.name == component)
+            .map(Component::pid)
     }
 
     /// The CA certificate (PEM) that signed the apiserver's serving certificate.
@@ -194,10 +214,19 @@ impl TestCluster {
             format!("--tls-cert-file={}", self.file(&pki.serving_cert)),
             format!("--tls-private-key-file={}", self.file(&pki.serving_key)),
             format!("--client-ca-file={}", self.file(&pki.ca_cert)),
-            format!("--kubelet-client-certificate={}", self.file(&pki.admin_cert)),
+            format!(
+                "--kubelet-client-certificate={}",
+                self.file(&pki.admin_cert)
+            ),
             format!("--kubelet-client-key={}", self.file(&pki.admin_key)),
-            format!("--service-account-key-file={}", self.file(&pki.service_account_pub)),
-            format!("--service-account-signing-key-file={}", self.file(&pki.service_account_key)),
+            format!(
+                "--service-account-key-file={}",
+                self.file(&pki.service_account_pub)
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                self.file(&pki.service_account_key)
+            ),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             "--authorization-mode=Node,RBAC".into(),
@@ -219,7 +248,10 @@ impl TestCluster {
             format!("--secure-port={CONTROLLER_MANAGER_PORT}"),
             format!("--cert-dir={}", self.path.join("pki/kcm").display()),
             "--leader-elect=false".into(),
-            format!("--service-account-private-key-file={}", self.file(&pki.service_account_key)),
+            format!(
+                "--service-account-private-key-file={}",
+                self.file(&pki.service_account_key)
+            ),
             format!("--root-ca-file={}", self.file(&pki.ca_cert)),
             format!("--cluster-signing-cert-file={}", self.file(&pki.ca_cert)),
             format!("--cluster-signing-key-file={}", self.file(&pki.ca_key)),
@@ -244,6 +276,8 @@ impl TestCluster {
     fn kwok_args(&self) -> Vec<String> {
         vec![
             format!("--kubeconfig={}", self.file(&self.kubeconfig)),
+            format!("--config={}", paths::kwok_stages().display()),
+            "--node-lease-duration-seconds=40".into(),
             "--manage-all-nodes=false".into(),
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
             format!("--node-ip={}", self.address),
@@ -270,7 +304,9 @@ impl TestCluster {
         let started = Instant::now();
         loop {
             self.check_all_running()?;
-            let request = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
             if let Ok(body) = self.client.request_text(request).await
                 && body.trim() == "ok"
             {
@@ -282,7 +318,9 @@ impl TestCluster {
     }
 
     fn check_all_running(&mut self) -> Result<(), Error> {
-        self.components.iter_mut().try_for_each(Component::check_running)
+        self.components
+            .iter_mut()
+            .try_for_each(Component::check_running)
     }
 
     fn check_deadline(&self, started: Instant) -> Result<(), Error> {
@@ -324,8 +362,18 @@ fn free_loopback_address() -> Result<Ipv4Addr, Error> {
     for _ in 0..64 {
         let [a, b, c]: [u8; 3] = rand::random();
         let address = Ipv4Addr::new(127, a.max(1), b, c.clamp(2, 254));
-        let ports = [ETCD_CLIENT_PORT, ETCD_PEER_PORT, APISERVER_PORT, CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, KWOK_PORT];
-        if ports.iter().all(|p| TcpListener::bind((address, *p)).is_ok()) {
+        let ports = [
+            ETCD_CLIENT_PORT,
+            ETCD_PEER_PORT,
+            APISERVER_PORT,
+            CONTROLLER_MANAGER_PORT,
+            SCHEDULER_PORT,
+            KWOK_PORT,
+        ];
+        if ports
+            .iter()
+            .all(|p| TcpListener::bind((address, *p)).is_ok())
+        {
             return Ok(address);
         }
     }
@@ -361,6 +409,7 @@ current-context: testbed
 
 async fn client_for(kubeconfig: &Path) -> Result<kube::Client, Error> {
     let config = Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
 }

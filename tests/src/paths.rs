@@ -17,7 +17,9 @@ pub fn cache_root() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// Directory of one Go build: `src/` (the wrapper module) and `bin/`.
@@ -30,6 +32,11 @@ pub fn go_bin(build: &GoBuild, binary: &str) -> PathBuf {
     go_dir(build).join("bin").join(binary)
 }
 
+/// kwok's stage configuration written by `cargo xtask testbed`.
+pub fn kwok_stages() -> PathBuf {
+    go_dir(&crate::versions::KWOK_BUILD).join("stages.yaml")
+}
+
 /// Root an unpacked Debian package was extracted into (`usr/bin/...` below it).
 pub fn deb_root(pkg: &DebPackage) -> PathBuf {
     cache_root().join("deb").join(pkg.dir)
@@ -38,4 +45,11 @@ pub fn deb_root(pkg: &DebPackage) -> PathBuf {
 /// The cargo target directory used by xtask for everything it builds.
 pub fn cargo_target() -> PathBuf {
     cache_root().join("target")
+}
+
+/// The version an unpacked Debian package recorded (its `VERSION` file), e.g. "1.7.24~ds1-6".
+pub fn deb_version(pkg: &DebPackage) -> Option<String> {
+    std::fs::read_to_string(deb_root(pkg).join("VERSION"))
+        .ok()
+        .map(|v| v.trim().to_string())
 }

@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
 
 use crate::Error;
 
@@ -28,27 +31,42 @@ pub fn write(dir: &Path, ips: &[IpAddr]) -> Result<Pki, Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "wasmruntime-testbed-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wasmruntime-testbed-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
-    let mut names: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     names.push("kubernetes.default.svc.cluster.local".into());
     let mut serving = CertificateParams::new(names)?;
-    serving.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_key = KeyPair::generate()?;
     let serving_cert = serving.signed_by(&serving_key, &ca)?;
 
     let mut admin = CertificateParams::new(Vec::<String>::new())?;
-    admin.distinguished_name.push(DnType::CommonName, "testbed-admin");
-    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    admin
+        .distinguished_name
+        .push(DnType::CommonName, "testbed-admin");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin_key = KeyPair::generate()?;
     let admin_cert = admin.signed_by(&admin_key, &ca)?;

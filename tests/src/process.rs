@@ -16,9 +16,17 @@ pub struct Component {
 
 impl Component {
     /// Start `binary args..`, logging stdout and stderr to `<log_dir>/<name>.log`.
-    pub fn spawn(name: &str, binary: &Path, args: &[String], log_dir: &Path) -> Result<Self, Error> {
+    pub fn spawn(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
         if !binary.exists() {
-            return Err(Error::MissingBinary { binary: name.into(), path: binary.into() });
+            return Err(Error::MissingBinary {
+                binary: name.into(),
+                path: binary.into(),
+            });
         }
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(|e| Error::io(&log, e))?;
@@ -26,8 +34,15 @@ impl Component {
         let mut cmd = Command::new(binary);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|source| Error::Spawn { binary: name.into(), source })?;
-        Ok(Self { name: name.into(), log, child })
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            binary: name.into(),
+            source,
+        })?;
+        Ok(Self {
+            name: name.into(),
+            log,
+            child,
+        })
     }
 
     /// `Err(Exited)` when the process has already ended.
@@ -47,9 +62,19 @@ impl Component {
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        let errors: Vec<&str> = all.iter().copied().filter(|l| l.starts_with('E') || l.starts_with('F')).take(10).collect();
+        let errors: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with('E') || l.starts_with('F'))
+            .take(10)
+            .collect();
         let tail = &all[all.len().saturating_sub(lines)..];
-        format!("{}\n...\n{}\n(full log: {})", errors.join("\n"), tail.join("\n"), self.log.display())
+        format!(
+            "{}\n...\n{}\n(full log: {})",
+            errors.join("\n"),
+            tail.join("\n"),
+            self.log.display()
+        )
     }
 
     pub fn pid(&self) -> u32 {

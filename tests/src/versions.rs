@@ -68,7 +68,10 @@ pub const KUBERNETES_BUILD: GoBuild = GoBuild {
     ],
     packages: &[
         ("k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
-        ("k8s.io/kubernetes/cmd/kube-controller-manager", "kube-controller-manager"),
+        (
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-controller-manager",
+        ),
         ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
         ("k8s.io/kubernetes/cmd/kubelet", "kubelet"),
         ("k8s.io/kubernetes/cmd/kube-proxy", "kube-proxy"),
@@ -124,6 +127,11 @@ pub const KWOK_BUILD: GoBuild = GoBuild {
     ldflags: "",
 };
 
+/// kwok's own "fast" stage set (what `kwokctl` uses): nodes become Ready at once and keep a
+/// heartbeat lease; pods run, complete and delete at once. Taken from the kwok module's
+/// `kustomize/stage/` directories in the Go module cache.
+pub const KWOK_STAGE_DIRS: &[&str] = &["node/fast", "node/heartbeat-with-lease", "pod/fast"];
+
 /// Every Go program of the test bed.
 pub const GO_BUILDS: &[GoBuild] = &[KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD, KWOK_BUILD];
 
@@ -138,14 +146,50 @@ pub struct DebPackage {
     pub suite: &'static str,
 }
 
+pub const CONTAINERD_1_6: DebPackage = DebPackage {
+    dir: "containerd-1.6",
+    package: "containerd",
+    suite: "bookworm",
+};
+pub const CONTAINERD_1_7: DebPackage = DebPackage {
+    dir: "containerd-1.7",
+    package: "containerd",
+    suite: "trixie",
+};
+pub const CONTAINERD_2: DebPackage = DebPackage {
+    dir: "containerd-2",
+    package: "containerd",
+    suite: "sid",
+};
+
+/// The test bed's containerd package for a version such as "1.7.24" or "2.1": by major.minor
+/// for 1.x, any 2.x for 2.
+pub fn containerd_package(version: &str) -> Option<DebPackage> {
+    let mut parts = version.split('.');
+    match (parts.next()?, parts.next()) {
+        ("1", Some("6")) => Some(CONTAINERD_1_6),
+        ("1", Some("7")) => Some(CONTAINERD_1_7),
+        ("2", _) => Some(CONTAINERD_2),
+        _ => None,
+    }
+}
+
 /// containerd 1.6 (Debian 12), 1.7 (Debian 13) and 2.x (Debian unstable), plus runc and the
 /// CNI plugins. Unstable moves; the unpacked version is recorded in `<dir>/VERSION`.
 pub const DEB_PACKAGES: &[DebPackage] = &[
-    DebPackage { dir: "containerd-1.6", package: "containerd", suite: "bookworm" },
-    DebPackage { dir: "containerd-1.7", package: "containerd", suite: "trixie" },
-    DebPackage { dir: "containerd-2", package: "containerd", suite: "sid" },
-    DebPackage { dir: "runc", package: "runc", suite: "bookworm" },
-    DebPackage { dir: "cni", package: "containernetworking-plugins", suite: "bookworm" },
+    CONTAINERD_1_6,
+    CONTAINERD_1_7,
+    CONTAINERD_2,
+    DebPackage {
+        dir: "runc",
+        package: "runc",
+        suite: "bookworm",
+    },
+    DebPackage {
+        dir: "cni",
+        package: "containernetworking-plugins",
+        suite: "bookworm",
+    },
 ];
 
 /// Debian packages installed system-wide: what the Rust build needs (protoc for

@@ -49,8 +49,22 @@ fn test(nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     testbed::install_all()?;
     cmd::cargo(&["fmt", "--all", "--check"])?;
-    cmd::cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
-    let mut args = vec!["nextest", "run", "--workspace", "--locked", "--no-fail-fast"];
+    cmd::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut args = vec![
+        "nextest",
+        "run",
+        "--workspace",
+        "--locked",
+        "--no-fail-fast",
+    ];
     args.extend(nextest_args.iter().map(String::as_str));
     cmd::cargo(&args)?;
     eprintln!("xtask test: finished in {:.0?}", started.elapsed());

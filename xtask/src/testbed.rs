@@ -22,14 +22,23 @@ pub fn install_all() -> Result<()> {
     for build in versions::GO_BUILDS {
         go_build(build)?;
     }
+    kwok_stages()?;
     debs(versions::DEB_PACKAGES)?;
     nextest()?;
-    eprintln!("xtask: test bed ready in {:.0?} (cache {})", started.elapsed(), paths::cache_root().display());
+    eprintln!(
+        "xtask: test bed ready in {:.0?} (cache {})",
+        started.elapsed(),
+        paths::cache_root().display()
+    );
     Ok(())
 }
 
 fn apt_packages(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -81,12 +90,21 @@ fn wrapper_tools_go(build: &GoBuild) -> String {
 fn go_build(build: &GoBuild) -> Result<()> {
     let dir = paths::go_dir(build);
     let stamp = dir.join("bin/.stamp");
-    let definition = format!("{}{}{:?}{}", wrapper_go_mod(build), wrapper_tools_go(build), build.packages, build.ldflags);
+    let definition = format!(
+        "{}{}{:?}{}",
+        wrapper_go_mod(build),
+        wrapper_tools_go(build),
+        build.packages,
+        build.ldflags
+    );
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == definition) {
         return Ok(());
     }
     let started = Instant::now();
-    eprintln!("xtask: go build {}@{} (cached after this)", build.module, build.version);
+    eprintln!(
+        "xtask: go build {}@{} (cached after this)",
+        build.module, build.version
+    );
     let src = dir.join("src");
     std::fs::create_dir_all(&src)?;
     std::fs::create_dir_all(dir.join("bin"))?;
@@ -106,10 +124,47 @@ fn go_build(build: &GoBuild) -> Result<()> {
     let ldflags = format!("-s -w {}", build.ldflags);
     for (package, binary) in build.packages {
         let out = dir.join("bin").join(binary);
-        go(&["build", "-trimpath", "-ldflags", &ldflags, "-o", path_str(&out)?, package])?;
+        go(&[
+            "build",
+            "-trimpath",
+            "-ldflags",
+            &ldflags,
+            "-o",
+            path_str(&out)?,
+            package,
+        ])?;
     }
     std::fs::write(&stamp, definition)?;
     eprintln!("xtask: built {} in {:.0?}", build.name, started.elapsed());
+    Ok(())
+}
+
+/// Concatenate kwok's upstream stage files (from the kwok module just built) into one config.
+fn kwok_stages() -> Result<()> {
+    let modcache = cmd::output(Command::new("go").args(["env", "GOMODCACHE"]))?;
+    let base = Path::new(modcache.trim())
+        .join(format!(
+            "{}@{}",
+            versions::KWOK_BUILD.module,
+            versions::KWOK_BUILD.version
+        ))
+        .join("kustomize/stage");
+    let mut config = String::new();
+    for dir in versions::KWOK_STAGE_DIRS {
+        let mut files: Vec<_> = std::fs::read_dir(base.join(dir))
+            .with_context(|| format!("kwok stages in {}", base.join(dir).display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            config.push_str("---\n");
+            config.push_str(&std::fs::read_to_string(&file)?);
+        }
+    }
+    std::fs::write(paths::kwok_stages(), config)?;
     Ok(())
 }
 
@@ -120,7 +175,8 @@ fn private_apt() -> Result<Vec<String>> {
     for sub in ["lists/partial", "cache/archives/partial"] {
         std::fs::create_dir_all(root.join(sub))?;
     }
-    let suites: std::collections::BTreeSet<&str> = versions::DEB_PACKAGES.iter().map(|p| p.suite).collect();
+    let suites: std::collections::BTreeSet<&str> =
+        versions::DEB_PACKAGES.iter().map(|p| p.suite).collect();
     let mut sources = String::new();
     for suite in suites {
         sources.push_str(&format!(
@@ -145,7 +201,10 @@ fn private_apt() -> Result<Vec<String>> {
 }
 
 fn debs(packages: &[DebPackage]) -> Result<()> {
-    let todo: Vec<&DebPackage> = packages.iter().filter(|p| !paths::deb_root(p).join("VERSION").exists()).collect();
+    let todo: Vec<&DebPackage> = packages
+        .iter()
+        .filter(|p| !paths::deb_root(p).join("VERSION").exists())
+        .collect();
     if todo.is_empty() {
         return Ok(());
     }
@@ -154,7 +213,12 @@ fn debs(packages: &[DebPackage]) -> Result<()> {
     let download = tempfile_dir()?;
     for pkg in todo {
         let root = paths::deb_root(pkg);
-        eprintln!("xtask: unpack {}/{} into {}", pkg.package, pkg.suite, root.display());
+        eprintln!(
+            "xtask: unpack {}/{} into {}",
+            pkg.package,
+            pkg.suite,
+            root.display()
+        );
         for old in std::fs::read_dir(&download)? {
             std::fs::remove_file(old?.path())?;
         }
@@ -168,7 +232,8 @@ fn debs(packages: &[DebPackage]) -> Result<()> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .with_context(|| format!("apt-get download {} produced no .deb", pkg.package))?;
-        let version = cmd::output(Command::new("dpkg-deb").args(["-f", path_str(&deb)?, "Version"]))?;
+        let version =
+            cmd::output(Command::new("dpkg-deb").args(["-f", path_str(&deb)?, "Version"]))?;
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root)?;
         cmd::run(Command::new("dpkg").args(["-x", path_str(&deb)?, path_str(&root)?]))?;
@@ -192,12 +257,21 @@ fn nextest() -> Result<()> {
     if have {
         return Ok(());
     }
-    eprintln!("xtask: cargo install cargo-nextest {} (about 7 minutes, once)", versions::NEXTEST);
+    eprintln!(
+        "xtask: cargo install cargo-nextest {} (about 7 minutes, once)",
+        versions::NEXTEST
+    );
     // Its own target dir: installing must not invalidate the workspace build.
     let target = paths::cache_root().join("target-tools");
     cmd::run(
         Command::new("cargo")
-            .args(["install", "cargo-nextest", "--locked", "--version", versions::NEXTEST])
+            .args([
+                "install",
+                "cargo-nextest",
+                "--locked",
+                "--version",
+                versions::NEXTEST,
+            ])
             .env("CARGO_TARGET_DIR", target),
     )
 }

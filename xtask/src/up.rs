@@ -11,20 +11,31 @@ const SAMPLE: &str = "config/samples/wasmruntime_v1alpha1_wasmruntime.yaml";
 
 pub fn run() -> Result<()> {
     bed::install_all()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(demo())
 }
 
 async fn demo() -> Result<()> {
-    eprintln!("xtask up: starting etcd + kube-apiserver {}", testbed::versions::KUBERNETES);
-    let cluster = TestCluster::start().await.context("starting the test bed control plane")?;
+    eprintln!(
+        "xtask up: starting etcd + kube-apiserver {}",
+        testbed::versions::KUBERNETES
+    );
+    let cluster = TestCluster::start()
+        .await
+        .context("starting the test bed control plane")?;
     let root = cmd::workspace_root();
     let kubectl = |args: &[&str]| -> Result<()> {
         eprintln!("\n$ kubectl {}", args.join(" "));
         cmd::run(cluster.kubectl().args(args).current_dir(root))
     };
     kubectl(&["apply", "--server-side", "-f", CRD])?;
-    kubectl(&["wait", "--for=condition=Established", "crd/wasmruntimes.wasmruntime.dev"])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/wasmruntimes.wasmruntime.dev",
+    ])?;
     kubectl(&["apply", "--server-side", "-f", SAMPLE])?;
     kubectl(&["get", "wasmruntimes", "-o", "wide"])?;
     kubectl(&["get", "wrt", "wasmtime", "-o", "yaml"])?;
@@ -33,10 +44,20 @@ async fn demo() -> Result<()> {
     eprintln!("\n$ kubectl patch wrt wasmtime (maxUnavailable 0%, must be rejected)");
     let rejected = cluster
         .kubectl()
-        .args(["patch", "wrt", "wasmtime", "--type=merge", "-p", r#"{"spec":{"rollout":{"maxUnavailable":"0%"}}}"#])
+        .args([
+            "patch",
+            "wrt",
+            "wasmtime",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"rollout":{"maxUnavailable":"0%"}}}"#,
+        ])
         .output()?;
     eprintln!("{}", String::from_utf8_lossy(&rejected.stderr).trim());
-    anyhow::ensure!(!rejected.status.success(), "the apiserver accepted maxUnavailable 0%");
+    anyhow::ensure!(
+        !rejected.status.success(),
+        "the apiserver accepted maxUnavailable 0%"
+    );
 
     eprintln!(
         "\nxtask up: the API works on a real kube-apiserver. Kubeconfig while it ran: {}\n\
