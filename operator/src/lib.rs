@@ -4,5 +4,6 @@
 pub mod api;
 pub mod crdgen;
 pub mod error;
+pub mod planner;
 
 pub use error::Error;
