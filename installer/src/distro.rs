@@ -100,6 +100,17 @@ impl Distro {
         }
     }
 
+    /// containerd's CRI socket on this distro (host path).
+    pub fn socket(self) -> &'static str {
+        match self {
+            Distro::Containerd => "/run/containerd/containerd.sock",
+            // RKE2 runs its containerd on k3s's socket path (shared agent code).
+            Distro::K3s | Distro::Rke2 => "/run/k3s/containerd/containerd.sock",
+            Distro::MicroK8s => "/var/snap/microk8s/common/run/containerd.sock",
+            Distro::K0s => "/run/k0s/containerd.sock",
+        }
+    }
+
     /// How containerd picks up a new config on this distro.
     pub fn restart(self, facts: &HostFacts) -> Restart {
         let unit_exists = |name: &str| {

@@ -3,6 +3,7 @@
 //! operator shows as the node's failure reason.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::schema::Schema;
 use crate::version::ContainerdVersion;
@@ -89,6 +90,54 @@ pub enum Error {
 
     #[error("more than one distribution detected ({found}); choose one explicitly")]
     AmbiguousDistro { found: String },
+
+    // ---- host effects ----
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the shim copied to {path} has sha256 {found}, expected {expected}")]
+    ShimHashMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+
+    #[error("no restart strategy fits this node: {reason}")]
+    NoRestartStrategy { reason: String },
+
+    #[error("restarting containerd ({strategy}) failed: {reason}")]
+    Restart { strategy: String, reason: String },
+
+    #[error("CRI {call} on {socket} failed: {reason}")]
+    Cri {
+        call: &'static str,
+        socket: PathBuf,
+        reason: String,
+    },
+
+    #[error("containerd did not verify within {timeout:?}: {reason}")]
+    Verify { timeout: Duration, reason: String },
+
+    #[error(
+        "{} container(s)/sandbox(es) of runtime handler {handler:?} still run ({}); \
+         stop them first or pass --force",
+        ids.len(), ids.join(", ")
+    )]
+    ContainersRunning { handler: String, ids: Vec<String> },
+
+    #[error("{failed}; rolled back: {restored}")]
+    RolledBack { failed: Box<Error>, restored: String },
+
+    #[error("{failed}; the rollback failed too: {rollback}")]
+    RollbackFailed {
+        failed: Box<Error>,
+        rollback: Box<Error>,
+    },
 }
 
 impl Error {
@@ -111,8 +160,24 @@ impl Error {
             Error::TemplateConflict(_) => "template_conflict",
             Error::SystemdCgroupUnknown { .. } => "systemd_cgroup_unknown",
             Error::AmbiguousDistro { .. } => "ambiguous_distro",
+            Error::Io { .. } => "io",
+            Error::ShimHashMismatch { .. } => "shim_hash_mismatch",
+            Error::NoRestartStrategy { .. } => "no_restart_strategy",
+            Error::Restart { .. } => "restart",
+            Error::Cri { .. } => "cri",
+            Error::Verify { .. } => "verify",
+            Error::ContainersRunning { .. } => "containers_running",
+            Error::RolledBack { .. } => "rolled_back",
+            Error::RollbackFailed { .. } => "rollback_failed",
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}

@@ -1,5 +1,8 @@
-//! `wasm-installer`: the node-side binary of the WasmRuntime operator. Only `plan` is
-//! implemented so far; the host-effect commands fail loudly until the effects phase.
+//! `wasm-installer`: the node-side binary of the WasmRuntime operator. `main` only
+//! wires the CLI to the library: `plan` (read-only), `install` (then stay running),
+//! `uninstall`, and `ready` (the readiness probe).
+
+mod cli;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,14 +39,13 @@ enum Command {
     /// restart), from a config file and a containerd version. Writes nothing.
     Plan(PlanArgs),
     /// Copy the shim, add our runtime handler, restart containerd if needed, verify,
-    /// roll back on failure, then stay running. (Not implemented yet.)
-    Install(RuntimeArgs),
+    /// roll back on failure, then stay running and watch for drift.
+    Install(cli::InstallArgs),
     /// Remove our runtime handler and shim; refuses while our containers run.
-    /// (Not implemented yet.)
-    Uninstall(RuntimeArgs),
-    /// Readiness check: exit 0 when the shim and our handler are in place and
-    /// containerd serves it. (Not implemented yet.)
-    Status(RuntimeArgs),
+    Uninstall(cli::UninstallArgs),
+    /// Readiness probe: exit 0 only when the last check of the running `install` was
+    /// good and recent.
+    Ready(cli::ReadyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,10 +105,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(args) => plan(args),
-        Command::Install(_) | Command::Uninstall(_) | Command::Status(_) => bail!(
-            "not implemented yet: host effects (shim copy, config write, restart, CRI \
-             verification) come in the next phase; use `plan` to see what would change"
-        ),
+        Command::Install(args) => cli::install(args),
+        Command::Uninstall(args) => cli::uninstall(args),
+        Command::Ready(args) => cli::ready(args),
     }
 }
 
@@ -220,6 +221,6 @@ mod tests {
             .get_subcommands()
             .map(|c| c.get_name().to_owned())
             .collect();
-        assert_eq!(names, ["plan", "install", "uninstall", "status"]);
+        assert_eq!(names, ["plan", "install", "uninstall", "ready"]);
     }
 }

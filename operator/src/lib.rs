@@ -2,8 +2,14 @@
 //! labels and a verified, rolling installer rollout.
 
 pub mod api;
+pub mod controller;
 pub mod crdgen;
 pub mod error;
+pub mod metrics;
+pub mod observe;
 pub mod planner;
+pub mod resources;
+pub mod server;
+pub mod status;
 
 pub use error::Error;

@@ -182,7 +182,7 @@ pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
             _ => false,
         })
         .count();
-    let mut budget = rollout.max_unavailable.saturating_sub(busy);
+    let budget = rollout.max_unavailable.saturating_sub(busy);
     let leaving = nodes.iter().filter(|n| !n.selected && step.next[&n.name].is_some_and(|s| s != NodeState::Uninstalling));
     let fresh = nodes.iter().filter(|n| n.selected && step.next[&n.name].is_none());
     let rerolls = nodes.iter().filter(|n| {
@@ -190,7 +190,6 @@ pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
     });
     let work: Vec<&&NodeView> = leaving.chain(fresh).chain(rerolls).collect();
     for node in work.into_iter().take(budget) {
-        budget -= 1;
         match step.next[&node.name] {
             _ if !node.selected => step.set(node, Some(NodeState::Uninstalling), "node no longer selected".into()),
             None => step.set(node, Some(NodeState::Pending), "selected by spec.nodeSelector".into()),

@@ -145,7 +145,17 @@ pub fn container_preopens(cwd: Option<&Path>) -> Vec<Preopen> {
             Vec::new()
         }
     };
-    let mut preopens = preopens_for_mounts(&mounts, |p| p.is_dir());
+    // A directory the container user cannot open would fail the whole start; the guest
+    // could not use it anyway, so it is left out with a warning.
+    let usable = |p: &Path| {
+        p.is_dir()
+            && std::fs::File::open(p)
+                .inspect_err(
+                    |e| tracing::warn!(mount = %p.display(), error = %e, "mount not preopened"),
+                )
+                .is_ok()
+    };
+    let mut preopens = preopens_for_mounts(&mounts, usable);
     if let Some(cwd) = cwd {
         preopens.extend(cwd_preopen(&preopens, cwd));
     }

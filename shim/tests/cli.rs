@@ -43,3 +43,31 @@ fn go_style_v_is_delegated() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Runtime: wasmtime"), "{text}");
 }
+
+/// Nodes must need nothing beyond glibc. Run against the release binary:
+/// `SHIM_BINARY=$CARGO_TARGET_DIR/release/containerd-shim-wasmtime-v1 cargo test -p
+/// containerd-shim-wasmtime --test cli -- --ignored`
+#[test]
+#[ignore = "needs SHIM_BINARY pointing at a release build"]
+fn links_only_glibc() {
+    let binary = std::env::var("SHIM_BINARY").expect("SHIM_BINARY");
+    let out = Command::new("ldd").arg(&binary).output().expect("ldd");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let glibc = [
+        "linux-vdso.so",
+        "libc.so",
+        "libm.so",
+        "libgcc_s.so",
+        "ld-linux",
+        "libpthread.so",
+        "libdl.so",
+        "librt.so",
+    ];
+    let extra: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !glibc.iter().any(|g| l.contains(g)))
+        .collect();
+    assert!(extra.is_empty(), "unexpected shared libraries: {extra:#?}");
+}

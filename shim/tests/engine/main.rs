@@ -6,3 +6,4 @@ mod component;
 mod fixtures;
 mod fs;
 mod run;
+mod sandbox;

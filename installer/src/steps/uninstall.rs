@@ -1,0 +1,62 @@
+//! Uninstall: refuse while our handler's containers run, remove our entry (restart
+//! only if the file changed), remove the shim and the saved backup.
+
+use super::{Setup, Want, backup_paths, read_backup, resolve, verify};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::plan::{FileChange, plan_uninstall};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UninstallReport {
+    pub config_changed: bool,
+    pub shim_removed: bool,
+}
+
+#[tracing::instrument(skip_all, fields(node = %s.node, handler = %s.spec.handler, force))]
+pub fn uninstall(host: &dyn Host, s: &Setup, force: bool) -> Result<UninstallReport> {
+    match host.running_containers(&s.spec.handler) {
+        Ok(ids) if ids.is_empty() => {}
+        Ok(ids) if force => tracing::warn!(?ids, "forced: removing while these still run"),
+        Ok(ids) => {
+            return Err(Error::ContainersRunning {
+                handler: s.spec.handler.to_string(),
+                ids,
+            });
+        }
+        Err(e) if force => tracing::warn!(%e, "forced: cannot list containers"),
+        Err(e) => return Err(e),
+    }
+    let r = resolve(host, s)?;
+    let backup = read_backup(host, &r.file, &s.name)?;
+    let plan = plan_uninstall(
+        &r.facts,
+        r.containerd,
+        r.distro,
+        &s.spec,
+        backup.as_ref().map(super::SavedBackup::as_backup),
+    )?;
+    let config_changed = plan.change != FileChange::Nothing;
+    match &plan.change {
+        FileChange::Write(text) => host.write_atomic(&r.file, text.as_bytes(), 0o644)?,
+        FileChange::Delete => {
+            host.remove(&r.file)?;
+        }
+        FileChange::Nothing => {}
+    }
+    if config_changed {
+        host.restart(&r.restart)?;
+        verify(host, s, Want::Serving).map_err(super::Unverified::into_error)?;
+    }
+    let shim = s.spec.shim_path.as_path();
+    let shim_removed = host.remove(shim)?;
+    if let Some(dir) = shim.parent() {
+        host.remove_dir_if_empty(dir)?;
+    }
+    let (orig, absent) = backup_paths(&r.file, &s.name);
+    host.remove(&orig)?;
+    host.remove(&absent)?;
+    Ok(UninstallReport {
+        config_changed,
+        shim_removed,
+    })
+}

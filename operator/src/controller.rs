@@ -1,0 +1,333 @@
+//! The WasmRuntime controller: fetch, validate, build, apply, status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::Error;
+use crate::api::WasmRuntime;
+use crate::metrics::Metrics;
+use crate::observe::{self, NodeLabels};
+use crate::planner::{self, NodeState, Plan, Rollout, Transition};
+use crate::resources::{self, Role, Settings};
+use crate::status::{self, Blocker, StatusInput};
+
+/// Field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "wasm-operator";
+/// Finalizer that holds a WasmRuntime until its nodes are clean.
+pub const FINALIZER: &str = "wasmruntime.dev/cleanup";
+/// How often a rollout in flight is looked at even without events (verify timeouts).
+const IN_FLIGHT_REQUEUE: Duration = Duration::from_secs(10);
+const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub pods: Store<Pod>,
+    pub runtimes: Store<WasmRuntime>,
+}
+
+/// Run the controller until shutdown.
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let runtimes: Api<WasmRuntime> = Api::all(client.clone());
+    // Fail fast with a clear message when the CRD is not installed.
+    runtimes.list(&ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
+
+    let (nodes, node_writer) = reflector::store();
+    let node_events = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .applied_objects()
+        .predicate_filter(predicates::labels, Default::default());
+    let installer_pods = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
+    let (pods, pod_writer) = reflector::store();
+    let pod_events = watcher::watcher(Api::<Pod>::namespaced(client.clone(), &settings.installer_namespace), installer_pods)
+        .default_backoff()
+        .reflect(pod_writer)
+        .applied_objects();
+
+    let controller = Controller::new(runtimes, watcher::Config::default());
+    let runtime_store = controller.store();
+    let all_runtimes = runtime_store.clone();
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics,
+        nodes,
+        pods,
+        runtimes: runtime_store,
+    });
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
+    controller
+        .owns(Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace), owned.clone())
+        .owns(Api::<RuntimeClass>::all(client.clone()), owned)
+        // A node's labels matter to every runtime (selection and our state labels).
+        .watches_stream(node_events, move |_| all_runtimes.state().iter().map(|r| ObjectRef::from_obj(&**r)).collect::<Vec<_>>())
+        .watches_stream(pod_events, |pod: Pod| {
+            pod.labels().get(resources::RUNTIME_LABEL).map(|name| ObjectRef::<WasmRuntime>::new(name))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+#[instrument(skip_all, fields(runtime = %runtime.name_any()))]
+async fn reconcile(runtime: Arc<WasmRuntime>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, runtime, |event| async {
+        match event {
+            Finalizer::Apply(runtime) => apply(&runtime, &ctx).await,
+            Finalizer::Cleanup(runtime) => cleanup(&runtime, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer)
+}
+
+fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.category());
+    match error {
+        Error::InvalidSpec(_) => Action::await_change(),
+        Error::DeletionBlocked(_) => Action::requeue(IN_FLIGHT_REQUEUE),
+        _ => {
+            warn!(runtime = %runtime.name_any(), %error, "reconcile error; retrying");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Everything the planner needs, read from the caches.
+fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool, settings: &Settings) -> Result<(Plan, String), Error> {
+    let nodes = ctx.nodes.state();
+    let empty = Default::default();
+    let labels: Vec<NodeLabels<'_>> = nodes
+        .iter()
+        .map(|n| NodeLabels { name: n.metadata.name.as_deref().unwrap_or_default(), labels: n.metadata.labels.as_ref().unwrap_or(&empty) })
+        .collect();
+    let pods = ctx.pods.state();
+    let by_node = observe::pods_by_node(&runtime.name_any(), pods.iter().map(|p| &**p));
+    let views = observe::node_views(runtime, &labels, &by_node, deleting, Timestamp::now())?;
+    let selected = views.iter().filter(|v| v.selected).count();
+    let revision = resources::revision(runtime, settings);
+    let rollout = Rollout {
+        revision: revision.clone(),
+        max_unavailable: planner::resolve_max_unavailable(&runtime.spec.rollout.max_unavailable, selected),
+        verify_timeout_seconds: i64::from(runtime.spec.rollout.verify_timeout_seconds),
+    };
+    Ok((planner::plan(&views, &rollout), revision))
+}
+
+async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
+    if let Some(conflict) = handler_conflict(runtime, ctx).await? {
+        let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
+        publish_status(runtime, ctx, &plan, false, Some(Blocker::HandlerConflict(conflict.clone()))).await?;
+        warn_event(ctx, runtime, "HandlerConflict", &conflict).await;
+        return Ok(Action::requeue(STEADY_REQUEUE));
+    }
+    let (plan, _revision) = match observe_plan(runtime, ctx, false, &ctx.settings) {
+        Ok(plan) => plan,
+        Err(Error::InvalidSpec(msg)) => {
+            publish_status(runtime, ctx, &Plan::default(), false, Some(Blocker::InvalidSpec(msg.clone()))).await?;
+            return Err(Error::InvalidSpec(msg));
+        }
+        Err(e) => return Err(e),
+    };
+    let params = PatchParams::apply(MANAGER).force();
+    let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
+    classes.patch(&runtime.handler(), &params, &Patch::Apply(resources::runtime_class(runtime))).await.map_err(Error::kube("apply RuntimeClass"))?;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
+    for role in [Role::Install, Role::Uninstall] {
+        let ds = resources::daemonset(runtime, role, &ctx.settings);
+        daemonsets.patch(&resources::daemonset_name(runtime, role), &params, &Patch::Apply(ds)).await.map_err(Error::kube("apply DaemonSet"))?;
+    }
+    execute(runtime, ctx, &plan).await?;
+    publish_status(runtime, ctx, &plan, false, None).await?;
+    Ok(Action::requeue(if plan.is_complete() { STEADY_REQUEUE } else { IN_FLIGHT_REQUEUE }))
+}
+
+async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
+    let users = pods_using(runtime, ctx).await?;
+    if !users.is_empty() {
+        let msg = format!(
+            "deletion waits: {} pod(s) still use RuntimeClass {}: {}",
+            users.len(),
+            runtime.handler(),
+            users.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+        let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
+        publish_status(runtime, ctx, &plan, true, Some(Blocker::InUse(msg.clone()))).await?;
+        warn_event(ctx, runtime, "DeletionBlocked", &msg).await;
+        return Err(Error::DeletionBlocked(msg));
+    }
+    let (plan, _) = observe_plan(runtime, ctx, true, &ctx.settings)?;
+    execute(runtime, ctx, &plan).await?;
+    let c = &plan.counts;
+    if c.pending + c.provisioned + c.failed + c.uninstalling > 0 {
+        publish_status(runtime, ctx, &plan, true, None).await?;
+        return Err(Error::DeletionBlocked(format!("{} node(s) still being uninstalled", c.uninstalling)));
+    }
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
+    for role in [Role::Install, Role::Uninstall] {
+        delete_if_present(&daemonsets, &resources::daemonset_name(runtime, role)).await?;
+    }
+    let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
+    if owned_by(classes.get_opt(&runtime.handler()).await.map_err(Error::kube("get RuntimeClass"))?.as_ref(), runtime) {
+        delete_if_present(&classes, &runtime.handler()).await?;
+    }
+    info!("every node uninstalled; removing the finalizer");
+    Ok(Action::await_change())
+}
+
+/// Carry out a plan: node labels, then old installer pods to replace.
+async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let key = runtime.node_label_key();
+    for Transition { node, from, to, reason } in &plan.transitions {
+        let value = to.map(|s| json!(s.as_str())).unwrap_or(json!(null));
+        let patch = json!({"metadata": {"labels": {key.clone(): value}}});
+        nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("label node"))?;
+        info!(node, from = ?from.map(NodeState::as_str), to = ?to.map(NodeState::as_str), reason, "node transition");
+        ctx.metrics.node_transition(to.map_or("removed", NodeState::as_str));
+        match to {
+            Some(NodeState::Failed) => warn_event(ctx, runtime, "NodeFailed", &format!("{node}: {reason}")).await,
+            Some(NodeState::Provisioned) => normal_event(ctx, runtime, "NodeProvisioned", &format!("{node}: {reason}")).await,
+            _ => {}
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
+    let by_node = ctx.pods.state();
+    for node in &plan.restart_installer_on {
+        let stale = by_node.iter().filter(|p| {
+            p.labels().get(resources::RUNTIME_LABEL) == Some(&runtime.name_any())
+                && p.labels().get(resources::ROLE_LABEL).map(String::as_str) == Some("install")
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+        });
+        for pod in stale {
+            delete_if_present(&pods, &pod.name_any()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn publish_status(runtime: &WasmRuntime, ctx: &Context, plan: &Plan, deleting: bool, blocker: Option<Blocker>) -> Result<(), Error> {
+    let image = resources::installer_image(runtime, &ctx.settings);
+    let shim_version = (plan.is_complete() && plan.counts.selected > 0).then(|| image.rsplit_once(':').map_or(image.clone(), |(_, tag)| tag.to_string()));
+    let status = status::status(
+        plan,
+        StatusInput {
+            generation: runtime.metadata.generation,
+            handler: runtime.handler(),
+            previous: runtime.status.as_ref(),
+            deleting,
+            blocker,
+            shim_version,
+            now: Timestamp::now(),
+        },
+    );
+    ctx.metrics.record_nodes(&runtime.name_any(), &plan.counts);
+    if runtime.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
+    let patch = json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "status": status});
+    api.patch_status(&runtime.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+        .await
+        .map_err(Error::kube("patch status"))?;
+    Ok(())
+}
+
+/// Another WasmRuntime (created earlier) or a RuntimeClass we do not own holds our handler.
+async fn handler_conflict(runtime: &WasmRuntime, ctx: &Context) -> Result<Option<String>, Error> {
+    let handler = runtime.handler();
+    let rival = ctx.runtimes.state().into_iter().filter(|r| r.name_any() != runtime.name_any() && r.handler() == handler).find(|r| {
+        (r.metadata.creation_timestamp.as_ref(), r.name_any()) < (runtime.metadata.creation_timestamp.as_ref(), runtime.name_any())
+    });
+    if let Some(rival) = rival {
+        return Ok(Some(format!("handler {handler} is already used by WasmRuntime {}", rival.name_any())));
+    }
+    let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
+    let existing = classes.get_opt(&handler).await.map_err(Error::kube("get RuntimeClass"))?;
+    if existing.is_some() && !owned_by(existing.as_ref(), runtime) {
+        return Ok(Some(format!("RuntimeClass {handler} already exists and is not managed by this WasmRuntime; nothing was changed")));
+    }
+    Ok(None)
+}
+
+fn owned_by(object: Option<&RuntimeClass>, runtime: &WasmRuntime) -> bool {
+    let uid = runtime.uid();
+    object.is_some_and(|o| o.owner_references().iter().any(|r| Some(&r.uid) == uid.as_ref()))
+}
+
+/// Pods (any namespace) that use the runtime's RuntimeClass and have not finished.
+async fn pods_using(runtime: &WasmRuntime, ctx: &Context) -> Result<Vec<String>, Error> {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let handler = runtime.handler();
+    let mut users = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = pods.list(&params).await.map_err(Error::kube("list pods"))?;
+        users.extend(page.items.iter().filter(|p| {
+            p.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) == Some(handler.as_str())
+                && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        }).map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    Ok(users)
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube { action: "delete", source: e }),
+    }
+}
+
+async fn normal_event(ctx: &Context, runtime: &WasmRuntime, reason: &str, note: &str) {
+    publish(ctx, runtime, EventType::Normal, reason, note).await;
+}
+
+async fn warn_event(ctx: &Context, runtime: &WasmRuntime, reason: &str, note: &str) {
+    publish(ctx, runtime, EventType::Warning, reason, note).await;
+}
+
+async fn publish(ctx: &Context, runtime: &WasmRuntime, type_: EventType, reason: &str, note: &str) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+    // Events are best effort: status already says the same.
+    if let Err(error) = ctx.recorder.publish(&event, &runtime.object_ref(&())).await {
+        warn!(%error, reason, "could not publish event");
+    }
+}
