@@ -41,7 +41,10 @@ pub struct HostArgs {
     #[arg(long, default_value = "/host")]
     host_root: PathBuf,
     /// The shim binary inside this image, copied to the host.
-    #[arg(long, default_value = "/usr/local/lib/wasmruntime/containerd-shim-wasmtime-v1")]
+    #[arg(
+        long,
+        default_value = "/usr/local/lib/wasmruntime/containerd-shim-wasmtime-v1"
+    )]
     shim_source: PathBuf,
     /// Distribution; `auto` detects it from paths under --host-root.
     #[arg(long, default_value = "auto")]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerState, ListContainersRequest, ListPodSandboxRequest, PodSandboxState,
-    StatusRequest, StatusResponse, VersionRequest,
+    ContainerState, ListContainersRequest, ListPodSandboxRequest, PodSandboxState, StatusRequest,
+    StatusResponse, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -59,13 +59,18 @@ impl Cri {
         let out = self.rt.block_on(async {
             tokio::time::timeout(self.timeout, async {
                 let client = connect(socket).await.map_err(|e| e.to_string())?;
-                f(client).await.map_err(|s| format!("{}: {}", s.code(), s.message()))
+                f(client)
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
             })
             .await
         });
         match out {
             Ok(r) => r.map_err(self.err(call)),
-            Err(_) => Err(self.err(call)(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(self.err(call)(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -120,7 +125,9 @@ impl Cri {
     }
 }
 
-async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+async fn connect(
+    socket: PathBuf,
+) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
     // The URI is required by tonic but unused: the connector always dials the socket.
     let channel = Endpoint::from_static("http://[::1]:50051")
         .connect_with_connector(tower::service_fn(move |_: Uri| {

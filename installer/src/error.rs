@@ -131,7 +131,10 @@ pub enum Error {
     ContainersRunning { handler: String, ids: Vec<String> },
 
     #[error("{failed}; rolled back: {restored}")]
-    RolledBack { failed: Box<Error>, restored: String },
+    RolledBack {
+        failed: Box<Error>,
+        restored: String,
+    },
 
     #[error("{failed}; the rollback failed too: {rollback}")]
     RollbackFailed {
@@ -176,7 +179,10 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, source }
     }

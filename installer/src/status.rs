@@ -36,7 +36,11 @@ impl StatusFile {
     }
 
     fn write(&self, state: &str, msg: &str) -> Result<()> {
-        write_atomic_local(&self.0, format!("{state}\n{}\n{msg}\n", now()).as_bytes(), 0o644)
+        write_atomic_local(
+            &self.0,
+            format!("{state}\n{}\n{msg}\n", now()).as_bytes(),
+            0o644,
+        )
     }
 
     pub fn ready(&self, msg: &str) -> Result<()> {
@@ -83,7 +87,10 @@ mod tests {
         f.ready("ok").unwrap();
         assert_eq!(f.check(day).unwrap(), Readiness::Ready);
         f.not_ready("drift: x").unwrap();
-        assert_eq!(f.check(day).unwrap(), Readiness::NotReady("drift: x".into()));
+        assert_eq!(
+            f.check(day).unwrap(),
+            Readiness::NotReady("drift: x".into())
+        );
         std::fs::write(f.path(), "ready\n1\nold\n").unwrap();
         assert!(matches!(f.check(day).unwrap(), Readiness::NotReady(m) if m.contains("old")));
     }

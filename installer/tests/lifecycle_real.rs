@@ -63,7 +63,14 @@ impl<'a> Run<'a> {
     fn cmd(&self, sub: &str, fault: Option<&str>) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasm-installer"));
         cmd.arg(sub)
-            .args(["--name", &self.name, "--host-root", "/", "--distro", "containerd"])
+            .args([
+                "--name",
+                &self.name,
+                "--host-root",
+                "/",
+                "--distro",
+                "containerd",
+            ])
             .arg("--shim-source")
             .arg(&self.shim)
             .arg("--socket")
@@ -74,7 +81,7 @@ impl<'a> Run<'a> {
             .arg("--termination-log")
             .arg(self.term_log());
         if sub == "install" {
-            cmd.arg("--once").arg("--status-file").arg(self.status_file());
+            cmd.arg("--status-file").arg(self.status_file());
         }
         cmd.env_remove(wasm_installer::fault::ENV);
         if let Some(f) = fault {
@@ -84,7 +91,22 @@ impl<'a> Run<'a> {
     }
 
     fn run(&self, sub: &str, fault: Option<&str>) -> Output {
-        self.cmd(sub, fault).output().unwrap()
+        let mut cmd = self.cmd(sub, fault);
+        if sub == "install" {
+            cmd.arg("--once");
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ready(&self) -> bool {
+        Command::new(env!("CARGO_BIN_EXE_wasm-installer"))
+            .arg("ready")
+            .arg("--status-file")
+            .arg(self.status_file())
+            .output()
+            .unwrap()
+            .status
+            .success()
     }
 
     fn ok(&self, sub: &str) -> serde_json::Value {
@@ -114,7 +136,13 @@ impl<'a> Run<'a> {
             self.handler(),
             wasm_installer::SystemdCgroupMode::Auto,
         );
-        match wasm_installer::add_runtime(original, &rt, &ContainerdVersion::parse(self.c.version).unwrap()).unwrap() {
+        match wasm_installer::add_runtime(
+            original,
+            &rt,
+            &ContainerdVersion::parse(self.c.version).unwrap(),
+        )
+        .unwrap()
+        {
             Edit::Changed(t) => t,
             Edit::Unchanged => original.to_owned(),
         }
@@ -156,7 +184,10 @@ fn install_rerun_uninstall(#[case] version: &'static str) {
     assert_eq!(report["config"], "written", "{report}");
     assert_eq!(report["shim"], "copied");
     assert_eq!(report["restarted"], true);
-    assert!(r.knows_handler(), "containerd {version} does not list our handler");
+    assert!(
+        r.knows_handler(),
+        "containerd {version} does not list our handler"
+    );
     assert_ne!(c.pid(), pid_before, "containerd was not restarted");
     assert_eq!(r.config(), r.installed_text(&original));
     assert_eq!(std::fs::read_to_string(r.backup()).unwrap(), original);
@@ -164,13 +195,7 @@ fn install_rerun_uninstall(#[case] version: &'static str) {
         std::fs::read(r.shim_dest()).unwrap(),
         std::fs::read(&r.shim).unwrap()
     );
-    let ready = Command::new(env!("CARGO_BIN_EXE_wasm-installer"))
-        .arg("ready")
-        .arg("--status-file")
-        .arg(r.status_file())
-        .status()
-        .unwrap();
-    assert!(ready.success(), "readiness probe after a good install");
+    assert!(r.ready(), "readiness probe after a good install");
 
     // Re-run: nothing written, containerd untouched.
     let pid = c.pid();
@@ -182,8 +207,16 @@ fn install_rerun_uninstall(#[case] version: &'static str) {
     assert_eq!(report["shim"], "unchanged");
     assert_eq!(report["restarted"], false);
     assert_eq!(c.pid(), pid, "a no-op run restarted containerd");
-    assert_eq!(mtime(&c.config), config_mtime, "a no-op run wrote the config");
-    assert_eq!(mtime(&r.shim_dest()), shim_mtime, "a no-op run wrote the shim");
+    assert_eq!(
+        mtime(&c.config),
+        config_mtime,
+        "a no-op run wrote the config"
+    );
+    assert_eq!(
+        mtime(&r.shim_dest()),
+        shim_mtime,
+        "a no-op run wrote the shim"
+    );
 
     // Uninstall: original bytes back, shim and backup gone, handler gone.
     let report = r.ok("uninstall");
@@ -211,12 +244,19 @@ fn rejected_config_rolls_back(#[case] version: &'static str) {
     let r = Run::new(&c, "bad");
     let original = r.config();
     let out = r.run("install", Some("bad-entry"));
-    assert!(!out.status.success(), "install with a rejected config succeeded");
+    assert!(
+        !out.status.success(),
+        "install with a rejected config succeeded"
+    );
     let msg = std::fs::read_to_string(r.term_log()).unwrap();
     assert!(msg.contains("[rolled_back]"), "termination message: {msg}");
     assert!(msg.contains("restored the previous bytes"), "{msg}");
     assert!(msg.contains("containerd serves again"), "{msg}");
-    assert_eq!(r.config(), original, "rollback did not restore the original bytes");
+    assert_eq!(
+        r.config(),
+        original,
+        "rollback did not restore the original bytes"
+    );
     c.wait_serving(Duration::from_secs(10)).unwrap();
     assert!(!r.knows_handler());
     println!("containerd {version} rejected it; termination message: {msg}");
@@ -274,10 +314,15 @@ fn real_shim_binary_is_copied_and_verified() {
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("target"))
-        .flat_map(|e| ["debug", "release"].map(|p| e.path().join(p).join("containerd-shim-wasmtime-v1")))
+        .flat_map(|e| {
+            ["debug", "release"].map(|p| e.path().join(p).join("containerd-shim-wasmtime-v1"))
+        })
         .find(|p| p.is_file())
     else {
-        println!("no built containerd-shim-wasmtime-v1 in {}: nothing to check", cache.display());
+        println!(
+            "no built containerd-shim-wasmtime-v1 in {}: nothing to check",
+            cache.display()
+        );
         return;
     };
     let c = Containerd::start("1.7.24");
@@ -294,4 +339,51 @@ fn real_shim_binary_is_copied_and_verified() {
     assert_eq!(report["shim"], "unchanged");
     r.ok("uninstall");
     assert!(!r.shim_dest().exists());
+}
+
+/// `install` stays running: Ready through the probe, repairs a config that lost our
+/// entry, and exits 0 on SIGTERM.
+#[test]
+fn stays_running_repairs_drift_and_exits_on_sigterm() {
+    let c = Containerd::start("2.1.9");
+    let r = Run::new(&c, "watch");
+    let original = r.config();
+    let mut child = r
+        .cmd("install", None)
+        .args(["--check-interval", "1", "--on-drift", "repair"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("ready", &|| r.ready());
+    let installed = r.config();
+    // Drift: an admin (or config management) puts the old file back.
+    std::fs::write(&c.config, &original).unwrap();
+    wait("the repair", &|| r.config() == installed);
+    wait("containerd to serve our handler again", &|| {
+        r.c.cri().status().is_ok_and(|s| s.knows(&r.handler()))
+    });
+    wait("ready after the repair", &|| r.ready());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    r.ok("uninstall");
+    assert_eq!(r.config(), original);
 }

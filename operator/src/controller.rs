@@ -1,7 +1,8 @@
 //! The WasmRuntime controller: fetch, validate, build, apply, status.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -33,6 +34,8 @@ pub const FINALIZER: &str = "wasmruntime.dev/cleanup";
 /// How often a rollout in flight is looked at even without events (verify timeouts).
 const IN_FLIGHT_REQUEUE: Duration = Duration::from_secs(10);
 const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// How long to wait for the node cache to show a label we wrote before trusting it again.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -43,6 +46,10 @@ pub struct Context {
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub pods: Store<Pod>,
     pub runtimes: Store<WasmRuntime>,
+    /// Label values we wrote that the node cache may not show yet, per runtime and node.
+    /// Planning on a cache older than our own writes would repeat transitions (the same
+    /// "expectations" idea as the ReplicaSet controller's).
+    pub expected: Mutex<HashMap<String, HashMap<String, (Option<NodeState>, Instant)>>>,
 }
 
 /// Run the controller until shutdown.
@@ -76,16 +83,20 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         nodes,
         pods,
         runtimes: runtime_store,
+        expected: Mutex::default(),
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
+    let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get(resources::RUNTIME_LABEL).map(|name| ObjectRef::<WasmRuntime>::new(name))
+    };
     controller
-        .owns(Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace), owned.clone())
+        // Not `owns`: that maps a namespaced child to an owner in the child's namespace, and
+        // our owner is cluster-scoped.
+        .watches(Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace), owned.clone(), move |ds| by_runtime_label(ds.labels()))
         .owns(Api::<RuntimeClass>::all(client.clone()), owned)
         // A node's labels matter to every runtime (selection and our state labels).
         .watches_stream(node_events, move |_| all_runtimes.state().iter().map(|r| ObjectRef::from_obj(&**r)).collect::<Vec<_>>())
-        .watches_stream(pod_events, |pod: Pod| {
-            pod.labels().get(resources::RUNTIME_LABEL).map(|name| ObjectRef::<WasmRuntime>::new(name))
-        })
+        .watches_stream(pod_events, move |pod: Pod| by_runtime_label(pod.labels()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -116,6 +127,7 @@ fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> 
     match error {
         Error::InvalidSpec(_) => Action::await_change(),
         Error::DeletionBlocked(_) => Action::requeue(IN_FLIGHT_REQUEUE),
+        Error::CacheBehind => Action::requeue(Duration::from_millis(200)),
         _ => {
             warn!(runtime = %runtime.name_any(), %error, "reconcile error; retrying");
             Action::requeue(Duration::from_secs(5))
@@ -144,7 +156,28 @@ fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool, settings: 
     Ok((planner::plan(&views, &rollout), revision))
 }
 
+/// Whether the node cache shows every label this runtime wrote recently.
+fn cache_caught_up(runtime: &WasmRuntime, ctx: &Context) -> bool {
+    let mut expected = ctx.expected.lock().expect("expectations lock");
+    let Some(nodes) = expected.get_mut(&runtime.name_any()) else { return true };
+    let key = runtime.node_label_key();
+    let store = ctx.nodes.state();
+    nodes.retain(|node, (value, since)| {
+        let seen = store
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+            .map(|n| n.metadata.labels.as_ref().and_then(|l| l.get(&key)).and_then(|v| NodeState::parse(v)));
+        // Keep waiting while the cache shows something else, but not forever: someone else
+        // may have changed the label since.
+        seen != Some(*value) && since.elapsed() < EXPECTATION_TIMEOUT
+    });
+    nodes.is_empty()
+}
+
 async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
+    if !cache_caught_up(runtime, ctx) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     if let Some(conflict) = handler_conflict(runtime, ctx).await? {
         let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
         publish_status(runtime, ctx, &plan, false, Some(Blocker::HandlerConflict(conflict.clone()))).await?;
@@ -173,6 +206,9 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
 }
 
 async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
+    if !cache_caught_up(runtime, ctx) {
+        return Err(Error::CacheBehind);
+    }
     let users = pods_using(runtime, ctx).await?;
     if !users.is_empty() {
         let msg = format!(
@@ -213,6 +249,12 @@ async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<()
         let value = to.map(|s| json!(s.as_str())).unwrap_or(json!(null));
         let patch = json!({"metadata": {"labels": {key.clone(): value}}});
         nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("label node"))?;
+        ctx.expected
+            .lock()
+            .expect("expectations lock")
+            .entry(runtime.name_any())
+            .or_default()
+            .insert(node.clone(), (*to, Instant::now()));
         info!(node, from = ?from.map(NodeState::as_str), to = ?to.map(NodeState::as_str), reason, "node transition");
         ctx.metrics.node_transition(to.map_or("removed", NodeState::as_str));
         match to {

@@ -20,6 +20,9 @@ pub enum Error {
     /// Deletion is waiting (pods still use the runtime, or nodes are being uninstalled).
     #[error("deletion waits: {0}")]
     DeletionBlocked(String),
+    /// The node cache does not show our latest label writes yet; retried shortly.
+    #[error("waiting for the node cache to show our label changes")]
+    CacheBehind,
     /// An API call failed.
     #[error("{action}: {source}")]
     Kube {
@@ -65,6 +68,7 @@ impl Error {
             Self::CrdMissing(_) => "crd_missing",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::DeletionBlocked(_) => "deletion_blocked",
+            Self::CacheBehind => "cache_behind",
             Self::Kube { .. } => "kube",
             Self::Finalizer(_) => "finalizer",
             Self::Serve { .. } => "serve",

@@ -31,7 +31,7 @@ const KWOK_PORT: u16 = 10247;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which components beyond etcd + kube-apiserver to start.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// kube-controller-manager (service accounts, DaemonSets, garbage collection, ...).
     pub controller_manager: bool,
@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub scheduler: bool,
     /// kwok, managing nodes annotated `kwok.x-k8s.io/node: fake` and their pods.
     pub kwok: bool,
+    /// kwok pod stages to use instead of kwok's "fast" ones (a file of `Stage` documents).
+    pub kwok_pod_stages: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -48,6 +50,7 @@ impl ClusterOptions {
             controller_manager: true,
             scheduler: true,
             kwok: true,
+            kwok_pod_stages: None,
         }
     }
 }
@@ -125,7 +128,8 @@ impl TestCluster {
             cluster.wait_tcp(SCHEDULER_PORT).await?;
         }
         if options.kwok {
-            let args = cluster.kwok_args();
+            let pod_stages = options.kwok_pod_stages.clone().unwrap_or_else(paths::kwok_pod_stages);
+            let args = cluster.kwok_args(&pod_stages);
             cluster.launch("kwok", paths::go_bin(&KWOK_BUILD, "kwok"), args)?;
             cluster.wait_tcp(KWOK_PORT).await?;
         }
@@ -273,10 +277,11 @@ impl TestCluster {
         ]
     }
 
-    fn kwok_args(&self) -> Vec<String> {
+    fn kwok_args(&self, pod_stages: &Path) -> Vec<String> {
         vec![
             format!("--kubeconfig={}", self.file(&self.kubeconfig)),
-            format!("--config={}", paths::kwok_stages().display()),
+            format!("--config={}", paths::kwok_node_stages().display()),
+            format!("--config={}", pod_stages.display()),
             "--node-lease-duration-seconds=40".into(),
             "--manage-all-nodes=false".into(),
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),

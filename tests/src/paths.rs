@@ -32,9 +32,14 @@ pub fn go_bin(build: &GoBuild, binary: &str) -> PathBuf {
     go_dir(build).join("bin").join(binary)
 }
 
-/// kwok's stage configuration written by `cargo xtask testbed`.
-pub fn kwok_stages() -> PathBuf {
-    go_dir(&crate::versions::KWOK_BUILD).join("stages.yaml")
+/// kwok's node stages, written by `cargo xtask testbed`.
+pub fn kwok_node_stages() -> PathBuf {
+    go_dir(&crate::versions::KWOK_BUILD).join("node-stages.yaml")
+}
+
+/// kwok's default pod stages, written by `cargo xtask testbed`.
+pub fn kwok_pod_stages() -> PathBuf {
+    go_dir(&crate::versions::KWOK_BUILD).join("pod-stages.yaml")
 }
 
 /// Root an unpacked Debian package was extracted into (`usr/bin/...` below it).

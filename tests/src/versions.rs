@@ -127,10 +127,12 @@ pub const KWOK_BUILD: GoBuild = GoBuild {
     ldflags: "",
 };
 
-/// kwok's own "fast" stage set (what `kwokctl` uses): nodes become Ready at once and keep a
-/// heartbeat lease; pods run, complete and delete at once. Taken from the kwok module's
-/// `kustomize/stage/` directories in the Go module cache.
-pub const KWOK_STAGE_DIRS: &[&str] = &["node/fast", "node/heartbeat-with-lease", "pod/fast"];
+/// kwok's own "fast" node stages (what `kwokctl` uses): nodes become Ready at once and keep a
+/// heartbeat lease. Taken from the kwok module's `kustomize/stage/` in the Go module cache.
+pub const KWOK_NODE_STAGE_DIRS: &[&str] = &["node/fast", "node/heartbeat-with-lease"];
+/// kwok's "fast" pod stages: pods run, complete and delete at once. Tests that need other pod
+/// behaviour (e.g. an installer that fails on some nodes) bring their own instead.
+pub const KWOK_POD_STAGE_DIRS: &[&str] = &["pod/fast"];
 
 /// Every Go program of the test bed.
 pub const GO_BUILDS: &[GoBuild] = &[KUBERNETES_BUILD, ETCD_BUILD, HELM_BUILD, KWOK_BUILD];

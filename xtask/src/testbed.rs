@@ -139,32 +139,32 @@ fn go_build(build: &GoBuild) -> Result<()> {
     Ok(())
 }
 
-/// Concatenate kwok's upstream stage files (from the kwok module just built) into one config.
+/// Concatenate kwok's upstream stage files (from the kwok module just built) into its node
+/// and pod stage configs.
 fn kwok_stages() -> Result<()> {
     let modcache = cmd::output(Command::new("go").args(["env", "GOMODCACHE"]))?;
     let base = Path::new(modcache.trim())
-        .join(format!(
-            "{}@{}",
-            versions::KWOK_BUILD.module,
-            versions::KWOK_BUILD.version
-        ))
+        .join(format!("{}@{}", versions::KWOK_BUILD.module, versions::KWOK_BUILD.version))
         .join("kustomize/stage");
-    let mut config = String::new();
-    for dir in versions::KWOK_STAGE_DIRS {
-        let mut files: Vec<_> = std::fs::read_dir(base.join(dir))
-            .with_context(|| format!("kwok stages in {}", base.join(dir).display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            config.push_str("---\n");
-            config.push_str(&std::fs::read_to_string(&file)?);
+    for (dirs, out) in [
+        (versions::KWOK_NODE_STAGE_DIRS, paths::kwok_node_stages()),
+        (versions::KWOK_POD_STAGE_DIRS, paths::kwok_pod_stages()),
+    ] {
+        let mut config = String::new();
+        for dir in dirs {
+            let mut files: Vec<_> = std::fs::read_dir(base.join(dir))
+                .with_context(|| format!("kwok stages in {}", base.join(dir).display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+                .collect();
+            files.sort();
+            for file in files {
+                config.push_str("---\n");
+                config.push_str(&std::fs::read_to_string(&file)?);
+            }
         }
+        std::fs::write(&out, config).with_context(|| format!("writing {}", out.display()))?;
     }
-    std::fs::write(paths::kwok_stages(), config)?;
     Ok(())
 }
 

@@ -107,7 +107,11 @@ impl Host for FakeHost {
     }
     fn exists(&self, path: &Path) -> bool {
         // A directory exists when a file below it does.
-        self.files.lock().unwrap().keys().any(|p| p.starts_with(path))
+        self.files
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|p| p.starts_with(path))
     }
     fn write_atomic(&self, path: &Path, bytes: &[u8], _mode: u32) -> Result<()> {
         self.log(Call::Write(path.to_owned()));
@@ -171,7 +175,13 @@ impl Host for FakeHost {
                 }
                 let handlers = loaded
                     .lines()
-                    .filter_map(|l| l.trim().strip_suffix(']')?.rsplit_once(".runtimes.")?.1.into())
+                    .filter_map(|l| {
+                        l.trim()
+                            .strip_suffix(']')?
+                            .rsplit_once(".runtimes.")?
+                            .1
+                            .into()
+                    })
                     .map(|h: &str| h.trim_matches(['"', '\'']).to_owned())
                     .collect();
                 Ok(CriStatus {

@@ -50,7 +50,13 @@ fn cmdline(pid: i32) -> Option<Vec<String>> {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
 }
 
@@ -82,7 +88,11 @@ pub(crate) fn restart_by_signal(config: &Path, timeout: Duration) -> Result<()> 
     let old = match find_containerd(config).as_slice() {
         [] => None,
         [one] => Some(*one),
-        many => return Err(fail(format!("several containerd processes match: {many:?}"))),
+        many => {
+            return Err(fail(format!(
+                "several containerd processes match: {many:?}"
+            )));
+        }
     };
     if let Some(pid) = old {
         tracing::info!(pid, "sending SIGTERM to containerd");
@@ -90,14 +100,19 @@ pub(crate) fn restart_by_signal(config: &Path, timeout: Duration) -> Result<()> 
             .map_err(|e| fail(format!("kill -TERM {pid}: {e}")))?;
         while !is_zombie(pid) {
             if Instant::now() > deadline {
-                return Err(fail(format!("containerd {pid} did not exit within {timeout:?}")));
+                return Err(fail(format!(
+                    "containerd {pid} did not exit within {timeout:?}"
+                )));
             }
             std::thread::sleep(POLL);
         }
     }
     // A restart means a *new* process: its supervisor (systemd, a script) starts it.
     loop {
-        if let Some(new) = find_containerd(config).into_iter().find(|p| Some(*p) != old) {
+        if let Some(new) = find_containerd(config)
+            .into_iter()
+            .find(|p| Some(*p) != old)
+        {
             tracing::info!(old, new, "containerd restarted");
             return Ok(());
         }
@@ -136,7 +151,10 @@ mod tests {
             daemon_config(&argv("containerd --config=/y.toml")),
             Some(PathBuf::from("/y.toml"))
         );
-        assert_eq!(daemon_config(&argv("containerd --config /x config dump")), None);
+        assert_eq!(
+            daemon_config(&argv("containerd --config /x config dump")),
+            None
+        );
         assert_eq!(daemon_config(&argv("containerd-shim-runc-v2 -id x")), None);
     }
 

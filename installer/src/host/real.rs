@@ -75,7 +75,10 @@ pub fn sha256_file(path: &Path) -> Result<Option<String>> {
 pub(crate) fn write_atomic_local(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(Error::io("creating directory", dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.wasm-installer.tmp"));
     let existing = fs::metadata(path).ok();
     let _ = fs::remove_file(&tmp);

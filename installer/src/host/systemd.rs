@@ -85,7 +85,13 @@ async fn restart(root: &Path, unit: Unit) -> zbus::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reply = conn
-        .call_method(dest, MANAGER_PATH, Some(MANAGER), "GetUnit", &(unit.name(),))
+        .call_method(
+            dest,
+            MANAGER_PATH,
+            Some(MANAGER),
+            "GetUnit",
+            &(unit.name(),),
+        )
         .await?;
     let unit_path: OwnedObjectPath = reply.body().deserialize()?;
     let started = Instant::now();

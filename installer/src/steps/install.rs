@@ -75,12 +75,11 @@ fn copy_shim(host: &dyn Host, s: &Setup) -> Result<ShimCopy> {
 /// no-op; if containerd serves without it, the restart after our write never
 /// happened; if containerd does not serve at all, our entry may be why: roll back.
 fn settle_unchanged(host: &dyn Host, s: &Setup, r: &Resolved) -> Result<ConfigOutcome> {
-    match verify(host, s, Want::Handler) {
+    match verify(host, s, want_handler(r)) {
         Ok(()) => Ok(ConfigOutcome::Unchanged),
         Err(Unverified::HandlerMissing(_)) if r.restart != RestartAction::None => {
             tracing::warn!("config already has our entry but containerd does not: restarting");
-            restart_and_verify(host, s, r)
-                .map_err(|failed| rollback(host, s, r, None, failed))?;
+            restart_and_verify(host, s, r).map_err(|failed| rollback(host, s, r, None, failed))?;
             Ok(ConfigOutcome::RestartedOnly)
         }
         Err(e) => Err(rollback(host, s, r, None, e.into_error())),
@@ -115,7 +114,15 @@ fn write_config(
 fn restart_and_verify(host: &dyn Host, s: &Setup, r: &Resolved) -> Result<()> {
     host.restart(&r.restart)?;
     fault::hit(Fault::AfterRestart);
-    verify(host, s, Want::Handler).map_err(Unverified::into_error)
+    verify(host, s, want_handler(r)).map_err(Unverified::into_error)
+}
+
+fn want_handler(r: &Resolved) -> Want {
+    if r.restart == RestartAction::None {
+        Want::HandlerAfterReload
+    } else {
+        Want::Handler
+    }
 }
 
 /// Saves the file as it was before our first write. An existing backup is never
@@ -212,5 +219,8 @@ fn try_rollback(
     };
     host.restart(&r.restart)?;
     verify(host, s, Want::Serving).map_err(Unverified::into_error)?;
-    Ok(format!("{restored}; containerd serves again ({})", r.restart))
+    Ok(format!(
+        "{restored}; containerd serves again ({})",
+        r.restart
+    ))
 }

@@ -183,7 +183,9 @@ pub(crate) fn restart_action(
         (Strategy::Command(argv), _) => RestartAction::Command(argv.clone()),
         (Strategy::Systemd, Restart::Unit(u)) => RestartAction::Systemd(u),
         (Strategy::Systemd, Restart::SelfReloading) => {
-            return Err(no("k0s reloads containerd itself; use --restart auto or none"));
+            return Err(no(
+                "k0s reloads containerd itself; use --restart auto or none",
+            ));
         }
         (Strategy::Auto, Restart::Unit(u)) if host.systemd_booted() => RestartAction::Systemd(u),
         (Strategy::Auto, Restart::Unit(u)) => {
@@ -236,8 +238,11 @@ pub(crate) fn read_backup(
 /// What we wait for over CRI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
-    /// RuntimeReady and our handler known.
+    /// RuntimeReady and our handler known, right after a restart.
     Handler,
+    /// The same, when containerd reloads by itself (k0s, `--restart none`): keep
+    /// polling while it still serves the old config.
+    HandlerAfterReload,
     /// RuntimeReady (after a rollback or uninstall).
     Serving,
 }
@@ -270,6 +275,13 @@ pub(crate) fn verify(host: &dyn Host, s: &Setup, want: Want) -> Result<(), Unver
             Ok(st) if st.runtime_ready && (want == Want::Serving || st.knows(&s.spec.handler)) => {
                 tracing::info!(elapsed = ?started.elapsed(), "containerd verified");
                 return Ok(());
+            }
+            Ok(st) if st.runtime_ready && want == Want::HandlerAfterReload => {
+                last = format!(
+                    "containerd has not loaded handler {:?} (it knows {:?})",
+                    s.spec.handler.as_str(),
+                    st.handlers
+                );
             }
             Ok(st) if st.runtime_ready => {
                 // Definitive: CRI serves only after it has loaded its runtimes, so

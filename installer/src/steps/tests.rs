@@ -72,7 +72,8 @@ fn install_backs_up_writes_restarts_through_systemd_and_verifies() {
     // auto on a systemd host = the distro's unit, over D-Bus (recorded, not run).
     assert_eq!(h.restarts(), [RestartAction::Systemd(Unit::Containerd)]);
     assert_eq!(
-        h.text("/etc/containerd/config.toml.wasmruntime-wasm.orig").unwrap(),
+        h.text("/etc/containerd/config.toml.wasmruntime-wasm.orig")
+            .unwrap(),
         ORIGINAL
     );
     assert!(h.text(CONFIG).unwrap().contains("runtimes.wasm]"));
@@ -88,7 +89,10 @@ fn rerun_writes_nothing_and_restarts_nothing() {
     let before = h.calls().len();
     let report = install(&h, &s).unwrap();
     assert_eq!(report.config, ConfigOutcome::Unchanged);
-    assert!(matches!(report.shim, crate::host::ShimCopy::Unchanged { .. }));
+    assert!(matches!(
+        report.shim,
+        crate::host::ShimCopy::Unchanged { .. }
+    ));
     assert_eq!(h.calls().len(), before, "{:?}", &h.calls()[before..]);
 }
 
@@ -99,11 +103,18 @@ fn reinstall_keeps_the_first_backup() {
     let s = setup(dir.path(), Strategy::Auto);
     install(&h, &s).unwrap();
     // Someone edits the file around our entry; a repair must not re-backup it.
-    let edited = h.text(CONFIG).unwrap().replace("# the admin's comment", "# edited");
-    h.put(CONFIG, &edited.replace("SystemdCgroup = false", "SystemdCgroup = true"));
+    let edited = h
+        .text(CONFIG)
+        .unwrap()
+        .replace("# the admin's comment", "# edited");
+    h.put(
+        CONFIG,
+        &edited.replace("SystemdCgroup = false", "SystemdCgroup = true"),
+    );
     install(&h, &s).unwrap();
     assert_eq!(
-        h.text("/etc/containerd/config.toml.wasmruntime-wasm.orig").unwrap(),
+        h.text("/etc/containerd/config.toml.wasmruntime-wasm.orig")
+            .unwrap(),
         ORIGINAL
     );
 }
@@ -152,9 +163,16 @@ fn rejected_config_is_rolled_back_with_a_message() {
         panic!("{err}");
     };
     assert_eq!(failed.category(), "verify");
-    assert!(restored.contains("restored the previous bytes"), "{restored}");
+    assert!(
+        restored.contains("restored the previous bytes"),
+        "{restored}"
+    );
     assert_eq!(h.text(CONFIG).unwrap(), ORIGINAL);
-    assert_eq!(h.restarts().len(), 2, "restart, then restart after restoring");
+    assert_eq!(
+        h.restarts().len(),
+        2,
+        "restart, then restart after restoring"
+    );
 }
 
 #[test]
@@ -195,7 +213,9 @@ fn uninstall_refuses_while_our_containers_run_unless_forced() {
     let report = uninstall(&h, &s, true).unwrap();
     assert!(report.config_changed && report.shim_removed);
     assert_eq!(h.text(CONFIG).unwrap(), ORIGINAL);
-    assert!(!h.exists(Path::new("/etc/containerd/config.toml.wasmruntime-wasm.orig")));
+    assert!(!h.exists(Path::new(
+        "/etc/containerd/config.toml.wasmruntime-wasm.orig"
+    )));
 }
 
 #[test]
@@ -211,4 +231,30 @@ fn drift_is_detected_per_part() {
     assert!(d.shim && d.config && !d.handler, "{d:?}");
     *h.cri.lock().unwrap() = CriScript::Queue(VecDeque::from([Ok(CriStatus::default())]));
     assert!(check_drift(&h, &s).unwrap().handler);
+}
+
+#[test]
+fn k0s_drop_in_waits_for_the_self_reload_without_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = FakeHost::new("v2.1.9", Path::new("/x"));
+    h.put("/etc/k0s/containerd.toml", "");
+    h.put("/run/k0s/containerd-cri.toml", "version = 3\n");
+    let old = CriStatus {
+        runtime_ready: true,
+        handlers: ["runc".to_owned()].into(),
+    };
+    let reloaded = CriStatus {
+        runtime_ready: true,
+        handlers: ["runc".to_owned(), "wasm".to_owned()].into(),
+    };
+    *h.cri.lock().unwrap() =
+        CriScript::Queue(VecDeque::from([Ok(old.clone()), Ok(old), Ok(reloaded)]));
+    let report = install(&h, &setup(dir.path(), Strategy::Auto)).unwrap();
+    assert_eq!(report.config, ConfigOutcome::Written);
+    // k0s reloads containerd itself: the only "restart" is the no-op action.
+    assert_eq!(h.restarts(), [RestartAction::None]);
+    assert_eq!(
+        writes(&h),
+        [PathBuf::from("/etc/k0s/containerd.d/wasmruntime-wasm.toml")]
+    );
 }

@@ -79,12 +79,18 @@ impl Containerd {
         };
         me.supervise();
         me.wait_serving(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("containerd {version} did not start: {e}\n{}", me.log_tail()));
+            .unwrap_or_else(|e| {
+                panic!("containerd {version} did not start: {e}\n{}", me.log_tail())
+            });
         me
     }
 
     fn spawn(bin: &Path, config: &Path, log: &Path) -> Child {
-        let out = OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         Command::new(bin)
             .arg("--config")
             .arg(config)
