@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use wasm_installer::host::{RealHost, RealHostConfig, ShimCopy};
 use wasm_installer::status::{Readiness, StatusFile};
-use wasm_installer::steps::{self, ConfigOutcome, OnDrift, Setup, Strategy};
+use wasm_installer::steps::{self, ConfigOutcome, GuestOptions, OnDrift, Setup, Strategy};
 use wasm_installer::{ContainerdVersion, Distro, HostFacts};
 
 use crate::{RuntimeArgs, spec, under};
@@ -77,10 +77,28 @@ pub struct HostArgs {
     termination_log: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GuestNetwork {
+    Deny,
+    Allow,
+}
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     #[command(flatten)]
     host: HostArgs,
+    /// Leave the new config in place when verification fails (spec.rollout.autoRollback: false).
+    #[arg(long)]
+    no_rollback: bool,
+    /// Whether Wasm guests may open sockets by default.
+    #[arg(long, value_enum, default_value = "deny")]
+    guest_network: GuestNetwork,
+    /// Cache compiled modules on the node.
+    #[arg(long, default_value = "true", action = clap::ArgAction::Set)]
+    precompile: bool,
+    /// Linear-memory limit of guests whose container sets none (a Kubernetes quantity, e.g. 128Mi).
+    #[arg(long, value_parser = parse_quantity)]
+    guest_memory_limit: Option<u64>,
     /// Exit after the install instead of staying running.
     #[arg(long)]
     once: bool,
@@ -100,6 +118,27 @@ pub struct UninstallArgs {
     /// Uninstall even while containers of our handler run.
     #[arg(long)]
     force: bool,
+    /// After a clean uninstall, report Ready and wait for SIGTERM (the uninstaller DaemonSet:
+    /// readiness is how the operator learns the node is clean).
+    #[arg(long)]
+    stay: bool,
+    #[arg(long, default_value = "/run/wasm-installer/status")]
+    status_file: PathBuf,
+}
+
+/// A Kubernetes quantity in bytes: plain, or with a binary (Ki..Ei) or decimal (k..E) suffix.
+pub fn parse_quantity(text: &str) -> Result<u64, String> {
+    const UNITS: [(&str, u64); 12] = [
+        ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50), ("Ei", 1 << 60),
+        ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000), ("E", 1_000_000_000_000_000_000),
+    ];
+    let (digits, factor) = UNITS
+        .iter()
+        .find_map(|(suffix, f)| text.strip_suffix(suffix).map(|d| (d, *f)))
+        .unwrap_or((text, 1));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a whole quantity such as 128Mi"))?;
+    n.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +151,10 @@ pub struct ReadyArgs {
 }
 
 fn setup(a: &HostArgs) -> anyhow::Result<(Setup, RealHost)> {
+    setup_with(a, true, GuestOptions::default())
+}
+
+fn setup_with(a: &HostArgs, rollback: bool, guest: GuestOptions) -> anyhow::Result<(Setup, RealHost)> {
     let rt = spec(&a.runtime)?;
     let distro = match a.distro.as_str() {
         "auto" => None,
@@ -167,13 +210,15 @@ fn setup(a: &HostArgs) -> anyhow::Result<(Setup, RealHost)> {
         strategy,
         verify_timeout,
         poll: Duration::from_millis(50),
+        rollback,
+        guest,
     };
     Ok((setup, host))
 }
 
 /// The pod's termination message: what failed (and what was restored), for the
 /// operator to show as the node's failure reason.
-fn terminate(a: &HostArgs, what: &str, err: &wasm_installer::Error) {
+fn terminate(a: &HostArgs, what: &str, err: &wasm_installer::Error) -> String {
     let msg = format!(
         "{what} failed on node {:?} [{}]: {err}\n",
         a.node,
@@ -182,6 +227,24 @@ fn terminate(a: &HostArgs, what: &str, err: &wasm_installer::Error) {
     if let Err(e) = std::fs::write(&a.termination_log, &msg) {
         tracing::warn!(%e, path = %a.termination_log.display(), "cannot write the termination message");
     }
+    msg
+}
+
+/// Where a failed run of this pod leaves its message (on the host, so it survives container
+/// restarts): `/var/lib/wasmruntime/<name>/failed-<pod uid>`. Without POD_UID (outside
+/// Kubernetes) every run tries again.
+fn failure_marker(a: &HostArgs) -> Option<PathBuf> {
+    let uid = std::env::var("POD_UID").ok().filter(|u| !u.is_empty())?;
+    let dir = under(&a.host_root, std::path::Path::new("/var/lib/wasmruntime")).join(&a.runtime.name);
+    std::fs::create_dir_all(&dir).ok()?;
+    // Markers of earlier pods are stale by definition.
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("failed-") && name.to_string_lossy() != format!("failed-{uid}") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Some(dir.join(format!("failed-{uid}")))
 }
 
 pub fn install(a: InstallArgs) -> anyhow::Result<()> {
@@ -190,12 +253,32 @@ pub fn install(a: InstallArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
-    let (setup, host) = setup(&a.host)?;
+    let guest = GuestOptions {
+        network: match a.guest_network {
+            GuestNetwork::Deny => "deny".into(),
+            GuestNetwork::Allow => "allow".into(),
+        },
+        precompile: a.precompile,
+        default_memory_limit_bytes: a.guest_memory_limit,
+    };
+    let (setup, host) = setup_with(&a.host, !a.no_rollback, guest)?;
     let status = StatusFile::new(&a.status_file);
+    // The kubelet restarts a failed installer container; each retry would restart
+    // containerd again. A container of the same pod repeats the failure instead; a new
+    // pod (a new revision, or an admin deleting the pod) tries again.
+    let marker = failure_marker(&a.host);
+    if let Some(previous) = marker.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+        let _ = std::fs::write(&a.host.termination_log, &previous);
+        let _ = status.not_ready(previous.trim());
+        anyhow::bail!("an earlier run of this pod failed; not retrying until the pod is replaced: {}", previous.trim());
+    }
     let report = match steps::install(&host, &setup) {
         Ok(r) => r,
         Err(err) => {
-            terminate(&a.host, "install", &err);
+            let message = terminate(&a.host, "install", &err);
+            if let Some(marker) = &marker {
+                let _ = std::fs::write(marker, &message);
+            }
             let _ = status.not_ready(&err.to_string());
             return Err(err.into());
         }
@@ -237,6 +320,8 @@ pub fn install(a: InstallArgs) -> anyhow::Result<()> {
 }
 
 pub fn uninstall(a: UninstallArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     let (setup, host) = setup(&a.host)?;
     match steps::uninstall(&host, &setup, a.force) {
         Ok(r) => {
@@ -248,6 +333,15 @@ pub fn uninstall(a: UninstallArgs) -> anyhow::Result<()> {
                     "shim_removed": r.shim_removed,
                 })
             );
+            // Failure markers of earlier installer pods go with the runtime.
+            let state = under(&a.host.host_root, std::path::Path::new("/var/lib/wasmruntime")).join(&a.host.runtime.name);
+            let _ = std::fs::remove_dir_all(state);
+            if a.stay {
+                StatusFile::new(&a.status_file).ready("uninstalled")?;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
             Ok(())
         }
         Err(err) => {
@@ -261,5 +355,19 @@ pub fn ready(a: ReadyArgs) -> anyhow::Result<()> {
     match StatusFile::new(&a.status_file).check(Duration::from_secs(a.max_age))? {
         Readiness::Ready => Ok(()),
         Readiness::NotReady(msg) => anyhow::bail!("not ready: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_quantity;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_quantity("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_quantity("4096"), Ok(4096));
+        assert!(parse_quantity("1.5Gi").unwrap_err().contains("whole quantity"));
+        assert!(parse_quantity("99999999Ei").unwrap_err().contains("too large"));
     }
 }

@@ -136,6 +136,8 @@ pub enum Error {
         restored: String,
     },
 
+    #[error("{failed}; automatic rollback is disabled (spec.rollout.autoRollback: false), the new config stays in place")]
+    NotRolledBack { failed: Box<Error> },
     #[error("{failed}; the rollback failed too: {rollback}")]
     RollbackFailed {
         failed: Box<Error>,
@@ -171,6 +173,7 @@ impl Error {
             Error::Verify { .. } => "verify",
             Error::ContainersRunning { .. } => "containers_running",
             Error::RolledBack { .. } => "rolled_back",
+            Error::NotRolledBack { .. } => "not_rolled_back",
             Error::RollbackFailed { .. } => "rollback_failed",
         }
     }

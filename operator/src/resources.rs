@@ -125,7 +125,9 @@ pub fn installer_args(runtime: &WasmRuntime, role: Role) -> Vec<String> {
     match role {
         Role::Install => {
             args.push(format!("--systemd-cgroup={}", systemd_cgroup_str(spec.containerd.systemd_cgroup)));
-            args.push(format!("--verify-timeout={}", spec.rollout.verify_timeout_seconds));
+            // The installer's own wait for containerd after a restart: half of the node's
+            // budget, so a failing install still has time to roll back within it.
+            args.push(format!("--verify-timeout={}", (spec.rollout.verify_timeout_seconds / 2).max(10)));
             if !spec.rollout.auto_rollback {
                 args.push("--no-rollback".into());
             }

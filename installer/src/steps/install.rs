@@ -44,6 +44,7 @@ pub fn install(host: &dyn Host, s: &Setup) -> Result<InstallReport> {
     // Everything that can refuse (distro, version, restart strategy) before any write.
     let r = resolve(host, s)?;
     let shim = copy_shim(host, s)?;
+    write_guest_options(host, s)?;
     fault::hit(Fault::AfterShim);
     let plan = plan_install(&r.facts, r.containerd, r.distro, &s.spec)?;
     tracing::info!(file = %r.file.display(), restart = %r.restart, change = ?std::mem::discriminant(&plan.change), "planned");
@@ -69,6 +70,17 @@ fn copy_shim(host: &dyn Host, s: &Setup) -> Result<ShimCopy> {
     let copy = host.copy_shim(&s.source_shim, s.spec.shim_path.as_path())?;
     tracing::info!(?copy, "shim");
     Ok(copy)
+}
+
+/// `options.json` beside the shim, rewritten only when it differs.
+fn write_guest_options(host: &dyn Host, s: &Setup) -> Result<()> {
+    let path = super::options_path(s.spec.shim_path.as_path());
+    let mut text = serde_json::to_vec_pretty(&s.guest).expect("plain struct serializes");
+    text.push(b'\n');
+    if host.read(&path)?.as_deref() != Some(text.as_slice()) {
+        host.write_atomic(&path, &text, 0o644)?;
+    }
+    Ok(())
 }
 
 /// The config is already ours. Normally containerd knows the handler and this is a
@@ -155,6 +167,10 @@ fn rollback(
     before: Option<Before<'_>>,
     failed: Error,
 ) -> Error {
+    if !s.rollback {
+        tracing::error!("install failed; automatic rollback is disabled");
+        return Error::NotRolledBack { failed: Box::new(failed) };
+    }
     tracing::error!("install failed, rolling back");
     match try_rollback(host, s, r, before) {
         Ok(restored) => Error::RolledBack {

@@ -59,6 +59,33 @@ pub struct Setup {
     pub strategy: Strategy,
     pub verify_timeout: Duration,
     pub poll: Duration,
+    /// Restore the previous config when verification fails (spec.rollout.autoRollback).
+    pub rollback: bool,
+    /// Guest defaults the shim reads from `options.json` beside itself.
+    pub guest: GuestOptions,
+}
+
+/// Defaults for Wasm guests (WasmRuntime `spec.wasm`), written beside the shim as
+/// `options.json`: the shim reads it at start, so changing them needs no containerd restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestOptions {
+    /// "deny" or "allow".
+    pub network: String,
+    pub precompile: bool,
+    /// Linear-memory limit for guests whose container sets none, in bytes.
+    pub default_memory_limit_bytes: Option<u64>,
+}
+
+impl Default for GuestOptions {
+    fn default() -> Self {
+        Self { network: "deny".into(), precompile: true, default_memory_limit_bytes: None }
+    }
+}
+
+/// Host path of the guest options file of a shim.
+pub fn options_path(shim: &std::path::Path) -> PathBuf {
+    shim.with_file_name("options.json")
 }
 
 /// Host facts, the target decision, and where things really are.

@@ -35,6 +35,8 @@ fn setup(shim_dir: &Path, strategy: Strategy) -> Setup {
         strategy,
         verify_timeout: Duration::from_secs(1),
         poll: Duration::from_millis(100),
+        rollback: true,
+        guest: Default::default(),
     }
 }
 

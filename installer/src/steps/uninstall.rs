@@ -49,6 +49,7 @@ pub fn uninstall(host: &dyn Host, s: &Setup, force: bool) -> Result<UninstallRep
     }
     let shim = s.spec.shim_path.as_path();
     let shim_removed = host.remove(shim)?;
+    host.remove(&super::options_path(shim))?;
     if let Some(dir) = shim.parent() {
         host.remove_dir_if_empty(dir)?;
     }
