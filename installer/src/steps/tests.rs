@@ -67,6 +67,7 @@ fn install_backs_up_writes_restarts_through_systemd_and_verifies() {
     assert_eq!(
         writes(&h),
         [
+            PathBuf::from("/opt/wasmruntime/wasm/options.json"),
             PathBuf::from("/etc/containerd/config.toml.wasmruntime-wasm.orig"),
             PathBuf::from(CONFIG)
         ]
@@ -257,6 +258,9 @@ fn k0s_drop_in_waits_for_the_self_reload_without_restarting() {
     assert_eq!(h.restarts(), [RestartAction::None]);
     assert_eq!(
         writes(&h),
-        [PathBuf::from("/etc/k0s/containerd.d/wasmruntime-wasm.toml")]
+        [
+            PathBuf::from("/opt/wasmruntime/wasm/options.json"),
+            PathBuf::from("/etc/k0s/containerd.d/wasmruntime-wasm.toml")
+        ]
     );
 }
