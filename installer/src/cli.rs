@@ -129,16 +129,28 @@ pub struct UninstallArgs {
 /// A Kubernetes quantity in bytes: plain, or with a binary (Ki..Ei) or decimal (k..E) suffix.
 pub fn parse_quantity(text: &str) -> Result<u64, String> {
     const UNITS: [(&str, u64); 12] = [
-        ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50), ("Ei", 1 << 60),
-        ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000), ("E", 1_000_000_000_000_000_000),
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
     ];
     let (digits, factor) = UNITS
         .iter()
         .find_map(|(suffix, f)| text.strip_suffix(suffix).map(|d| (d, *f)))
         .unwrap_or((text, 1));
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a whole quantity such as 128Mi"))?;
-    n.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole quantity such as 128Mi"))?;
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +166,11 @@ fn setup(a: &HostArgs) -> anyhow::Result<(Setup, RealHost)> {
     setup_with(a, true, GuestOptions::default())
 }
 
-fn setup_with(a: &HostArgs, rollback: bool, guest: GuestOptions) -> anyhow::Result<(Setup, RealHost)> {
+fn setup_with(
+    a: &HostArgs,
+    rollback: bool,
+    guest: GuestOptions,
+) -> anyhow::Result<(Setup, RealHost)> {
     let rt = spec(&a.runtime)?;
     let distro = match a.distro.as_str() {
         "auto" => None,
@@ -235,12 +251,15 @@ fn terminate(a: &HostArgs, what: &str, err: &wasm_installer::Error) -> String {
 /// Kubernetes) every run tries again.
 fn failure_marker(a: &HostArgs) -> Option<PathBuf> {
     let uid = std::env::var("POD_UID").ok().filter(|u| !u.is_empty())?;
-    let dir = under(&a.host_root, std::path::Path::new("/var/lib/wasmruntime")).join(&a.runtime.name);
+    let dir =
+        under(&a.host_root, std::path::Path::new("/var/lib/wasmruntime")).join(&a.runtime.name);
     std::fs::create_dir_all(&dir).ok()?;
     // Markers of earlier pods are stale by definition.
     for entry in std::fs::read_dir(&dir).ok()?.flatten() {
         let name = entry.file_name();
-        if name.to_string_lossy().starts_with("failed-") && name.to_string_lossy() != format!("failed-{uid}") {
+        if name.to_string_lossy().starts_with("failed-")
+            && name.to_string_lossy() != format!("failed-{uid}")
+        {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -267,10 +286,16 @@ pub fn install(a: InstallArgs) -> anyhow::Result<()> {
     // containerd again. A container of the same pod repeats the failure instead; a new
     // pod (a new revision, or an admin deleting the pod) tries again.
     let marker = failure_marker(&a.host);
-    if let Some(previous) = marker.as_ref().and_then(|m| std::fs::read_to_string(m).ok()) {
+    if let Some(previous) = marker
+        .as_ref()
+        .and_then(|m| std::fs::read_to_string(m).ok())
+    {
         let _ = std::fs::write(&a.host.termination_log, &previous);
         let _ = status.not_ready(previous.trim());
-        anyhow::bail!("an earlier run of this pod failed; not retrying until the pod is replaced: {}", previous.trim());
+        anyhow::bail!(
+            "an earlier run of this pod failed; not retrying until the pod is replaced: {}",
+            previous.trim()
+        );
     }
     let report = match steps::install(&host, &setup) {
         Ok(r) => r,
@@ -334,7 +359,11 @@ pub fn uninstall(a: UninstallArgs) -> anyhow::Result<()> {
                 })
             );
             // Failure markers of earlier installer pods go with the runtime.
-            let state = under(&a.host.host_root, std::path::Path::new("/var/lib/wasmruntime")).join(&a.host.runtime.name);
+            let state = under(
+                &a.host.host_root,
+                std::path::Path::new("/var/lib/wasmruntime"),
+            )
+            .join(&a.host.runtime.name);
             let _ = std::fs::remove_dir_all(state);
             if a.stay {
                 StatusFile::new(&a.status_file).ready("uninstalled")?;
@@ -367,7 +396,15 @@ mod tests {
         assert_eq!(parse_quantity("128Mi"), Ok(128 << 20));
         assert_eq!(parse_quantity("1G"), Ok(1_000_000_000));
         assert_eq!(parse_quantity("4096"), Ok(4096));
-        assert!(parse_quantity("1.5Gi").unwrap_err().contains("whole quantity"));
-        assert!(parse_quantity("99999999Ei").unwrap_err().contains("too large"));
+        assert!(
+            parse_quantity("1.5Gi")
+                .unwrap_err()
+                .contains("whole quantity")
+        );
+        assert!(
+            parse_quantity("99999999Ei")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

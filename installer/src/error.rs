@@ -136,7 +136,9 @@ pub enum Error {
         restored: String,
     },
 
-    #[error("{failed}; automatic rollback is disabled (spec.rollout.autoRollback: false), the new config stays in place")]
+    #[error(
+        "{failed}; automatic rollback is disabled (spec.rollout.autoRollback: false), the new config stays in place"
+    )]
     NotRolledBack { failed: Box<Error> },
     #[error("{failed}; the rollback failed too: {rollback}")]
     RollbackFailed {

@@ -43,26 +43,44 @@ fn every_spec_shape_yields_arguments_the_installer_accepts() {
         let rt = runtime(spec.clone());
         for role in [Role::Install, Role::Uninstall] {
             let args = installer_args(&rt, role);
-            let parsed = parses(&args).unwrap_or_else(|e| panic!("{spec} {role:?}: {args:?} rejected:\n{e}"));
+            let parsed = parses(&args)
+                .unwrap_or_else(|e| panic!("{spec} {role:?}: {args:?} rejected:\n{e}"));
             assert!(parsed.contains("wasmtime"), "{parsed}");
         }
     }
     // The parsed form carries what the spec says.
-    let rt = runtime(json!({"rollout": {"autoRollback": false}, "wasm": {"network": "allow", "defaultMemoryLimit": "64Mi"}}));
+    let rt = runtime(
+        json!({"rollout": {"autoRollback": false}, "wasm": {"network": "allow", "defaultMemoryLimit": "64Mi"}}),
+    );
     let parsed = parses(&installer_args(&rt, Role::Install)).unwrap();
     assert!(parsed.contains("no_rollback: true"), "{parsed}");
     assert!(parsed.contains("guest_network: Allow"), "{parsed}");
-    assert!(parsed.contains(&format!("guest_memory_limit: Some({})", 64u64 << 20)), "{parsed}");
+    assert!(
+        parsed.contains(&format!("guest_memory_limit: Some({})", 64u64 << 20)),
+        "{parsed}"
+    );
     let parsed = parses(&installer_args(&rt, Role::Uninstall)).unwrap();
     assert!(parsed.contains("stay: true"), "{parsed}");
 }
 
 #[test]
 fn readiness_probe_names_a_real_subcommand() {
-    let settings = Settings { installer_namespace: "ns".into(), default_installer_image: "img:1".into() };
+    let settings = Settings {
+        installer_namespace: "ns".into(),
+        default_installer_image: "img:1".into(),
+    };
     let ds = daemonset(&runtime(json!({})), Role::Install, &settings);
     let container = &ds.spec.template.spec.unwrap().containers[0];
-    let probe = container.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.clone().unwrap();
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap()
+        .command
+        .clone()
+        .unwrap();
     assert_eq!(probe[0], "wasm-installer");
     parses(&probe[1..]).unwrap_or_else(|e| panic!("probe {probe:?} rejected: {e}"));
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -49,32 +49,48 @@ pub struct Context {
     /// Label values we wrote that the node cache may not show yet, per runtime and node.
     /// Planning on a cache older than our own writes would repeat transitions (the same
     /// "expectations" idea as the ReplicaSet controller's).
-    pub expected: Mutex<HashMap<String, HashMap<String, (Option<NodeState>, Instant)>>>,
+    pub expected: Mutex<HashMap<String, Expectations>>,
 }
+
+/// Per node: the label value we wrote and when.
+pub type Expectations = HashMap<String, (Option<NodeState>, Instant)>;
 
 /// Run the controller until shutdown.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
     let runtimes: Api<WasmRuntime> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is not installed.
-    runtimes.list(&ListParams::default().limit(1)).await.map_err(Error::CrdMissing)?;
+    runtimes
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdMissing)?;
 
     let (nodes, node_writer) = reflector::store();
-    let node_events = watcher::watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .applied_objects()
-        .predicate_filter(predicates::labels, Default::default());
-    let installer_pods = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
+    let node_events = watcher::watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(node_writer)
+    .applied_objects()
+    .predicate_filter(predicates::labels, Default::default());
+    let installer_pods =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let (pods, pod_writer) = reflector::store();
-    let pod_events = watcher::watcher(Api::<Pod>::namespaced(client.clone(), &settings.installer_namespace), installer_pods)
-        .default_backoff()
-        .reflect(pod_writer)
-        .applied_objects();
+    let pod_events = watcher::watcher(
+        Api::<Pod>::namespaced(client.clone(), &settings.installer_namespace),
+        installer_pods,
+    )
+    .default_backoff()
+    .reflect(pod_writer)
+    .applied_objects();
 
     let controller = Controller::new(runtimes, watcher::Config::default());
     let runtime_store = controller.store();
     let all_runtimes = runtime_store.clone();
-    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -87,15 +103,27 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(resources::RUNTIME_LABEL).map(|name| ObjectRef::<WasmRuntime>::new(name))
+        labels
+            .get(resources::RUNTIME_LABEL)
+            .map(|name| ObjectRef::<WasmRuntime>::new(name))
     };
     controller
         // Not `owns`: that maps a namespaced child to an owner in the child's namespace, and
         // our owner is cluster-scoped.
-        .watches(Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace), owned.clone(), move |ds| by_runtime_label(ds.labels()))
+        .watches(
+            Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace),
+            owned.clone(),
+            move |ds| by_runtime_label(ds.labels()),
+        )
         .owns(Api::<RuntimeClass>::all(client.clone()), owned)
         // A node's labels matter to every runtime (selection and our state labels).
-        .watches_stream(node_events, move |_| all_runtimes.state().iter().map(|r| ObjectRef::from_obj(&**r)).collect::<Vec<_>>())
+        .watches_stream(node_events, move |_| {
+            all_runtimes
+                .state()
+                .iter()
+                .map(|r| ObjectRef::from_obj(&**r))
+                .collect::<Vec<_>>()
+        })
         .watches_stream(pod_events, move |pod: Pod| by_runtime_label(pod.labels()))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
@@ -136,12 +164,20 @@ fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> 
 }
 
 /// Everything the planner needs, read from the caches.
-fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool, settings: &Settings) -> Result<(Plan, String), Error> {
+fn observe_plan(
+    runtime: &WasmRuntime,
+    ctx: &Context,
+    deleting: bool,
+    settings: &Settings,
+) -> Result<(Plan, String), Error> {
     let nodes = ctx.nodes.state();
     let empty = Default::default();
     let labels: Vec<NodeLabels<'_>> = nodes
         .iter()
-        .map(|n| NodeLabels { name: n.metadata.name.as_deref().unwrap_or_default(), labels: n.metadata.labels.as_ref().unwrap_or(&empty) })
+        .map(|n| NodeLabels {
+            name: n.metadata.name.as_deref().unwrap_or_default(),
+            labels: n.metadata.labels.as_ref().unwrap_or(&empty),
+        })
         .collect();
     let pods = ctx.pods.state();
     let by_node = observe::pods_by_node(&runtime.name_any(), pods.iter().map(|p| &**p));
@@ -150,7 +186,10 @@ fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool, settings: 
     let revision = resources::revision(runtime, settings);
     let rollout = Rollout {
         revision: revision.clone(),
-        max_unavailable: planner::resolve_max_unavailable(&runtime.spec.rollout.max_unavailable, selected),
+        max_unavailable: planner::resolve_max_unavailable(
+            &runtime.spec.rollout.max_unavailable,
+            selected,
+        ),
         verify_timeout_seconds: i64::from(runtime.spec.rollout.verify_timeout_seconds),
     };
     Ok((planner::plan(&views, &rollout), revision))
@@ -159,14 +198,22 @@ fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool, settings: 
 /// Whether the node cache shows every label this runtime wrote recently.
 fn cache_caught_up(runtime: &WasmRuntime, ctx: &Context) -> bool {
     let mut expected = ctx.expected.lock().expect("expectations lock");
-    let Some(nodes) = expected.get_mut(&runtime.name_any()) else { return true };
+    let Some(nodes) = expected.get_mut(&runtime.name_any()) else {
+        return true;
+    };
     let key = runtime.node_label_key();
     let store = ctx.nodes.state();
     nodes.retain(|node, (value, since)| {
         let seen = store
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-            .map(|n| n.metadata.labels.as_ref().and_then(|l| l.get(&key)).and_then(|v| NodeState::parse(v)));
+            .map(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(&key))
+                    .and_then(|v| NodeState::parse(v))
+            });
         // Keep waiting while the cache shows something else, but not forever: someone else
         // may have changed the label since.
         seen != Some(*value) && since.elapsed() < EXPECTATION_TIMEOUT
@@ -180,29 +227,62 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
     }
     if let Some(conflict) = handler_conflict(runtime, ctx).await? {
         let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
-        publish_status(runtime, ctx, &plan, false, Some(Blocker::HandlerConflict(conflict.clone()))).await?;
+        publish_status(
+            runtime,
+            ctx,
+            &plan,
+            false,
+            Some(Blocker::HandlerConflict(conflict.clone())),
+        )
+        .await?;
         warn_event(ctx, runtime, "HandlerConflict", &conflict).await;
         return Ok(Action::requeue(STEADY_REQUEUE));
     }
     let (plan, _revision) = match observe_plan(runtime, ctx, false, &ctx.settings) {
         Ok(plan) => plan,
         Err(Error::InvalidSpec(msg)) => {
-            publish_status(runtime, ctx, &Plan::default(), false, Some(Blocker::InvalidSpec(msg.clone()))).await?;
+            publish_status(
+                runtime,
+                ctx,
+                &Plan::default(),
+                false,
+                Some(Blocker::InvalidSpec(msg.clone())),
+            )
+            .await?;
             return Err(Error::InvalidSpec(msg));
         }
         Err(e) => return Err(e),
     };
     let params = PatchParams::apply(MANAGER).force();
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
-    classes.patch(&runtime.handler(), &params, &Patch::Apply(resources::runtime_class(runtime))).await.map_err(Error::kube("apply RuntimeClass"))?;
-    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
+    classes
+        .patch(
+            &runtime.handler(),
+            &params,
+            &Patch::Apply(resources::runtime_class(runtime)),
+        )
+        .await
+        .map_err(Error::kube("apply RuntimeClass"))?;
+    let daemonsets: Api<DaemonSet> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
     for role in [Role::Install, Role::Uninstall] {
         let ds = resources::daemonset(runtime, role, &ctx.settings);
-        daemonsets.patch(&resources::daemonset_name(runtime, role), &params, &Patch::Apply(ds)).await.map_err(Error::kube("apply DaemonSet"))?;
+        daemonsets
+            .patch(
+                &resources::daemonset_name(runtime, role),
+                &params,
+                &Patch::Apply(ds),
+            )
+            .await
+            .map_err(Error::kube("apply DaemonSet"))?;
     }
     execute(runtime, ctx, &plan).await?;
     publish_status(runtime, ctx, &plan, false, None).await?;
-    Ok(Action::requeue(if plan.is_complete() { STEADY_REQUEUE } else { IN_FLIGHT_REQUEUE }))
+    Ok(Action::requeue(if plan.is_complete() {
+        STEADY_REQUEUE
+    } else {
+        IN_FLIGHT_REQUEUE
+    }))
 }
 
 async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
@@ -227,14 +307,25 @@ async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> 
     let c = &plan.counts;
     if c.pending + c.provisioned + c.failed + c.uninstalling > 0 {
         publish_status(runtime, ctx, &plan, true, None).await?;
-        return Err(Error::DeletionBlocked(format!("{} node(s) still being uninstalled", c.uninstalling)));
+        return Err(Error::DeletionBlocked(format!(
+            "{} node(s) still being uninstalled",
+            c.uninstalling
+        )));
     }
-    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
+    let daemonsets: Api<DaemonSet> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
     for role in [Role::Install, Role::Uninstall] {
         delete_if_present(&daemonsets, &resources::daemonset_name(runtime, role)).await?;
     }
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
-    if owned_by(classes.get_opt(&runtime.handler()).await.map_err(Error::kube("get RuntimeClass"))?.as_ref(), runtime) {
+    if owned_by(
+        classes
+            .get_opt(&runtime.handler())
+            .await
+            .map_err(Error::kube("get RuntimeClass"))?
+            .as_ref(),
+        runtime,
+    ) {
         delete_if_present(&classes, &runtime.handler()).await?;
     }
     info!("every node uninstalled; removing the finalizer");
@@ -245,10 +336,19 @@ async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> 
 async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let key = runtime.node_label_key();
-    for Transition { node, from, to, reason } in &plan.transitions {
+    for Transition {
+        node,
+        from,
+        to,
+        reason,
+    } in &plan.transitions
+    {
         let value = to.map(|s| json!(s.as_str())).unwrap_or(json!(null));
         let patch = json!({"metadata": {"labels": {key.clone(): value}}});
-        nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube("label node"))?;
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube("label node"))?;
         ctx.expected
             .lock()
             .expect("expectations lock")
@@ -256,10 +356,21 @@ async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<()
             .or_default()
             .insert(node.clone(), (*to, Instant::now()));
         info!(node, from = ?from.map(NodeState::as_str), to = ?to.map(NodeState::as_str), reason, "node transition");
-        ctx.metrics.node_transition(to.map_or("removed", NodeState::as_str));
+        ctx.metrics
+            .node_transition(to.map_or("removed", NodeState::as_str));
         match to {
-            Some(NodeState::Failed) => warn_event(ctx, runtime, "NodeFailed", &format!("{node}: {reason}")).await,
-            Some(NodeState::Provisioned) => normal_event(ctx, runtime, "NodeProvisioned", &format!("{node}: {reason}")).await,
+            Some(NodeState::Failed) => {
+                warn_event(ctx, runtime, "NodeFailed", &format!("{node}: {reason}")).await
+            }
+            Some(NodeState::Provisioned) => {
+                normal_event(
+                    ctx,
+                    runtime,
+                    "NodeProvisioned",
+                    &format!("{node}: {reason}"),
+                )
+                .await
+            }
             _ => {}
         }
     }
@@ -278,9 +389,19 @@ async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<()
     Ok(())
 }
 
-async fn publish_status(runtime: &WasmRuntime, ctx: &Context, plan: &Plan, deleting: bool, blocker: Option<Blocker>) -> Result<(), Error> {
+async fn publish_status(
+    runtime: &WasmRuntime,
+    ctx: &Context,
+    plan: &Plan,
+    deleting: bool,
+    blocker: Option<Blocker>,
+) -> Result<(), Error> {
     let image = resources::installer_image(runtime, &ctx.settings);
-    let shim_version = (plan.is_complete() && plan.counts.selected > 0).then(|| image.rsplit_once(':').map_or(image.clone(), |(_, tag)| tag.to_string()));
+    let shim_version = (plan.is_complete() && plan.counts.selected > 0).then(|| {
+        image
+            .rsplit_once(':')
+            .map_or(image.clone(), |(_, tag)| tag.to_string())
+    });
     let status = status::status(
         plan,
         StatusInput {
@@ -298,33 +419,59 @@ async fn publish_status(runtime: &WasmRuntime, ctx: &Context, plan: &Plan, delet
         return Ok(());
     }
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
-    let patch = json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "status": status});
-    api.patch_status(&runtime.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map_err(Error::kube("patch status"))?;
+    let patch =
+        json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "status": status});
+    api.patch_status(
+        &runtime.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::kube("patch status"))?;
     Ok(())
 }
 
 /// Another WasmRuntime (created earlier) or a RuntimeClass we do not own holds our handler.
 async fn handler_conflict(runtime: &WasmRuntime, ctx: &Context) -> Result<Option<String>, Error> {
     let handler = runtime.handler();
-    let rival = ctx.runtimes.state().into_iter().filter(|r| r.name_any() != runtime.name_any() && r.handler() == handler).find(|r| {
-        (r.metadata.creation_timestamp.as_ref(), r.name_any()) < (runtime.metadata.creation_timestamp.as_ref(), runtime.name_any())
-    });
+    let rival = ctx
+        .runtimes
+        .state()
+        .into_iter()
+        .filter(|r| r.name_any() != runtime.name_any() && r.handler() == handler)
+        .find(|r| {
+            (r.metadata.creation_timestamp.as_ref(), r.name_any())
+                < (
+                    runtime.metadata.creation_timestamp.as_ref(),
+                    runtime.name_any(),
+                )
+        });
     if let Some(rival) = rival {
-        return Ok(Some(format!("handler {handler} is already used by WasmRuntime {}", rival.name_any())));
+        return Ok(Some(format!(
+            "handler {handler} is already used by WasmRuntime {}",
+            rival.name_any()
+        )));
     }
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
-    let existing = classes.get_opt(&handler).await.map_err(Error::kube("get RuntimeClass"))?;
+    let existing = classes
+        .get_opt(&handler)
+        .await
+        .map_err(Error::kube("get RuntimeClass"))?;
     if existing.is_some() && !owned_by(existing.as_ref(), runtime) {
-        return Ok(Some(format!("RuntimeClass {handler} already exists and is not managed by this WasmRuntime; nothing was changed")));
+        return Ok(Some(format!(
+            "RuntimeClass {handler} already exists and is not managed by this WasmRuntime; nothing was changed"
+        )));
     }
     Ok(None)
 }
 
 fn owned_by(object: Option<&RuntimeClass>, runtime: &WasmRuntime) -> bool {
     let uid = runtime.uid();
-    object.is_some_and(|o| o.owner_references().iter().any(|r| Some(&r.uid) == uid.as_ref()))
+    object.is_some_and(|o| {
+        o.owner_references()
+            .iter()
+            .any(|r| Some(&r.uid) == uid.as_ref())
+    })
 }
 
 /// Pods (any namespace) that use the runtime's RuntimeClass and have not finished.
@@ -335,10 +482,21 @@ async fn pods_using(runtime: &WasmRuntime, ctx: &Context) -> Result<Vec<String>,
     let mut params = ListParams::default().limit(500);
     loop {
         let page = pods.list(&params).await.map_err(Error::kube("list pods"))?;
-        users.extend(page.items.iter().filter(|p| {
-            p.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()) == Some(handler.as_str())
-                && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
-        }).map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())));
+        users.extend(
+            page.items
+                .iter()
+                .filter(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.runtime_class_name.as_deref())
+                        == Some(handler.as_str())
+                        && !matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                })
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())),
+        );
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => break,
@@ -354,7 +512,10 @@ where
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube { action: "delete", source: e }),
+        Err(e) => Err(Error::Kube {
+            action: "delete",
+            source: e,
+        }),
     }
 }
 
@@ -367,7 +528,13 @@ async fn warn_event(ctx: &Context, runtime: &WasmRuntime, reason: &str, note: &s
 }
 
 async fn publish(ctx: &Context, runtime: &WasmRuntime, type_: EventType, reason: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     // Events are best effort: status already says the same.
     if let Err(error) = ctx.recorder.publish(&event, &runtime.object_ref(&())).await {
         warn!(%error, reason, "could not publish event");

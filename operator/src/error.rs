@@ -12,7 +12,9 @@ pub enum Error {
     #[error("converting the WasmRuntime CRD: {0}")]
     ConvertCrd(#[source] serde_json::Error),
     /// The WasmRuntime CRD is not installed (or not readable by the operator).
-    #[error("cannot list WasmRuntimes; is the CRD installed (crds/) and does the operator have RBAC for it? {0}")]
+    #[error(
+        "cannot list WasmRuntimes; is the CRD installed (crds/) and does the operator have RBAC for it? {0}"
+    )]
     CrdMissing(#[source] kube::Error),
     /// The spec passed CRD validation but cannot be applied; waits for a change.
     #[error("invalid spec: {0}")]
@@ -55,7 +57,9 @@ impl Error {
     pub fn from_finalizer(error: finalizer::Error<Self>) -> Self {
         match error {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Self::Finalizer(e.to_string()),
+            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+                Self::Finalizer(e.to_string())
+            }
             finalizer::Error::UnnamedObject => Self::Finalizer("object has no name".into()),
             finalizer::Error::InvalidFinalizer => Self::Finalizer("invalid finalizer name".into()),
         }

@@ -73,19 +73,28 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
     let server = tokio::spawn(server::serve(args.metrics_addr, health));
 
-    let settings = Settings { installer_namespace: args.installer_namespace, default_installer_image: args.installer_image };
+    let settings = Settings {
+        installer_namespace: args.installer_namespace,
+        default_installer_image: args.installer_image,
+    };
     let controller = async {
         ready.store(true, Ordering::Relaxed);
         wasm_operator::controller::run(client.clone(), settings, metrics).await
@@ -96,7 +105,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             result = server => Err(anyhow::anyhow!("metrics server stopped: {:?}", result)),
         };
     }
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("wasm-operator-{}", std::process::id()));
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("wasm-operator-{}", std::process::id()));
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)

@@ -48,11 +48,34 @@ impl Default for Metrics {
         let transitions = Family::<StateLabels, Counter>::default();
         let nodes = Family::<NodeLabels, Gauge<i64, AtomicI64>>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciles that failed, by error category", failures.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
-        registry.register("node_transitions", "Node label transitions, by new state", transitions.clone());
-        registry.register("nodes", "Nodes by install state, per WasmRuntime", nodes.clone());
-        Self { registry, reconciles, failures, duration, transitions, nodes }
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by error category",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            duration.clone(),
+        );
+        registry.register(
+            "node_transitions",
+            "Node label transitions, by new state",
+            transitions.clone(),
+        );
+        registry.register(
+            "nodes",
+            "Nodes by install state, per WasmRuntime",
+            nodes.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            transitions,
+            nodes,
+        }
     }
 }
 
@@ -71,7 +94,10 @@ impl Drop for ReconcileTimer<'_> {
 impl Metrics {
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer { histogram: &self.duration, started: Instant::now() }
+        ReconcileTimer {
+            histogram: &self.duration,
+            started: Instant::now(),
+        }
     }
 
     pub fn reconcile_failed(&self, error: &'static str) {
@@ -89,8 +115,13 @@ impl Metrics {
             ("failed", counts.failed),
             ("uninstalling", counts.uninstalling),
         ] {
-            let labels = NodeLabels { runtime: runtime.to_string(), state };
-            self.nodes.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+            let labels = NodeLabels {
+                runtime: runtime.to_string(),
+                state,
+            };
+            self.nodes
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

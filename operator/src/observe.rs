@@ -14,11 +14,21 @@ use crate::resources::{REVISION_LABEL, ROLE_LABEL, RUNTIME_LABEL};
 
 /// Reasons a container waits that will not fix themselves: report them at once instead of
 /// waiting for the verify timeout.
-const PERMANENT_WAITING: &[&str] = &["InvalidImageName", "CreateContainerConfigError", "CreateContainerError"];
+const PERMANENT_WAITING: &[&str] = &[
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
 
 /// What an installer pod says about its node.
 pub fn pod_report(pod: &Pod, now: Timestamp) -> PodReport {
-    let revision = pod.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)).cloned().unwrap_or_default();
+    let revision = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(REVISION_LABEL))
+        .cloned()
+        .unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
         return PodReport::Absent;
     }
@@ -29,41 +39,80 @@ pub fn pod_report(pod: &Pod, now: Timestamp) -> PodReport {
     if ready {
         return PodReport::Ready { revision };
     }
-    let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|cs| cs.first());
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first());
     if let Some(container) = container {
         let state = container.state.as_ref();
-        if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0) {
-            return PodReport::Failed { revision, message: termination_message(terminated) };
+        if let Some(terminated) = state
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+        {
+            return PodReport::Failed {
+                revision,
+                message: termination_message(terminated),
+            };
         }
         // After a failed run the kubelet restarts the container with back-off: the reason is
         // in the last termination.
-        let last = container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0);
+        let last = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0);
         if let Some(terminated) = last {
-            return PodReport::Failed { revision, message: termination_message(terminated) };
+            return PodReport::Failed {
+                revision,
+                message: termination_message(terminated),
+            };
         }
         if let Some(waiting) = state.and_then(|s| s.waiting.as_ref())
-            && let Some(reason) = waiting.reason.as_deref().filter(|r| PERMANENT_WAITING.contains(r))
+            && let Some(reason) = waiting
+                .reason
+                .as_deref()
+                .filter(|r| PERMANENT_WAITING.contains(r))
         {
             let detail = waiting.message.clone().unwrap_or_default();
-            return PodReport::Failed { revision, message: format!("{reason}: {detail}").trim_end_matches(": ").into() };
+            return PodReport::Failed {
+                revision,
+                message: format!("{reason}: {detail}").trim_end_matches(": ").into(),
+            };
         }
     }
     if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
-        let message = status.and_then(|s| s.message.clone()).unwrap_or_else(|| "installer pod failed".into());
+        let message = status
+            .and_then(|s| s.message.clone())
+            .unwrap_or_else(|| "installer pod failed".into());
         return PodReport::Failed { revision, message };
     }
-    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
-    PodReport::Starting { revision, age_seconds: now.duration_since(created).as_secs() }
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    PodReport::Starting {
+        revision,
+        age_seconds: now.duration_since(created).as_secs(),
+    }
 }
 
 fn termination_message(terminated: &ContainerStateTerminated) -> String {
-    let text = terminated.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+    let text = terminated
+        .message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
     match text {
         Some(text) => text.to_string(),
         None => format!(
             "installer exited with code {}{}",
             terminated.exit_code,
-            terminated.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            terminated
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         ),
     }
 }
@@ -72,7 +121,8 @@ fn termination_message(terminated: &ContainerStateTerminated) -> String {
 pub fn node_selector(runtime: &WasmRuntime) -> Result<Selector, Error> {
     match &runtime.spec.node_selector {
         None => Ok(Selector::from_iter(std::iter::empty::<Expression>())),
-        Some(selector) => Selector::try_from(selector.clone()).map_err(|e| Error::InvalidSpec(format!("spec.nodeSelector: {e}"))),
+        Some(selector) => Selector::try_from(selector.clone())
+            .map_err(|e| Error::InvalidSpec(format!("spec.nodeSelector: {e}"))),
     }
 }
 
@@ -95,15 +145,23 @@ pub fn pods_by_node<'a>(runtime: &str, pods: impl Iterator<Item = &'a Pod>) -> P
     let mut out = PodsByNode::default();
     for pod in pods {
         let labels = pod.metadata.labels.as_ref();
-        if labels.and_then(|l| l.get(RUNTIME_LABEL)).map(String::as_str) != Some(runtime) {
+        if labels
+            .and_then(|l| l.get(RUNTIME_LABEL))
+            .map(String::as_str)
+            != Some(runtime)
+        {
             continue;
         }
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
         let map = match labels.and_then(|l| l.get(ROLE_LABEL)).map(String::as_str) {
             Some("uninstall") => &mut out.uninstallers,
             _ => &mut out.installers,
         };
-        let newer = map.get(node).is_none_or(|old| old.metadata.creation_timestamp < pod.metadata.creation_timestamp);
+        let newer = map
+            .get(node)
+            .is_none_or(|old| old.metadata.creation_timestamp < pod.metadata.creation_timestamp);
         if newer {
             map.insert(node, pod);
         }
@@ -121,7 +179,10 @@ pub fn node_views(
 ) -> Result<Vec<NodeView>, Error> {
     let selector = node_selector(runtime)?;
     let key = runtime.node_label_key();
-    let report = |map: &BTreeMap<&str, &Pod>, node: &str| map.get(node).map_or(PodReport::Absent, |p| pod_report(p, now));
+    let report = |map: &BTreeMap<&str, &Pod>, node: &str| {
+        map.get(node)
+            .map_or(PodReport::Absent, |p| pod_report(p, now))
+    };
     Ok(nodes
         .iter()
         .map(|n| NodeView {

@@ -64,7 +64,9 @@ impl PodReport {
     fn revision(&self) -> Option<&str> {
         match self {
             Self::Absent => None,
-            Self::Starting { revision, .. } | Self::Ready { revision } | Self::Failed { revision, .. } => Some(revision),
+            Self::Starting { revision, .. }
+            | Self::Ready { revision }
+            | Self::Failed { revision, .. } => Some(revision),
         }
     }
 }
@@ -132,7 +134,10 @@ impl Plan {
     /// Every selected node is provisioned with the current revision and nothing else is in
     /// flight.
     pub fn is_complete(&self) -> bool {
-        self.counts.provisioned == self.counts.selected && self.counts.pending == 0 && self.counts.failed == 0 && self.counts.uninstalling == 0
+        self.counts.provisioned == self.counts.selected
+            && self.counts.pending == 0
+            && self.counts.failed == 0
+            && self.counts.uninstalling == 0
     }
 }
 
@@ -141,28 +146,46 @@ impl Plan {
 pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
     let mut nodes: Vec<&NodeView> = nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut step = Step { out: Plan::default(), next: nodes.iter().map(|n| (n.name.clone(), n.state)).collect() };
+    let mut step = Step {
+        out: Plan::default(),
+        next: nodes.iter().map(|n| (n.name.clone(), n.state)).collect(),
+    };
 
     // 1. Settle what is in flight from the installer and uninstaller reports.
     for node in &nodes {
         let current = |r: &str| r == rollout.revision;
         match (node.state, &node.installer) {
-            (Some(NodeState::Pending | NodeState::Failed), PodReport::Ready { revision }) if current(revision) => {
-                step.set(node, Some(NodeState::Provisioned), "installer verified the runtime".into());
+            (Some(NodeState::Pending | NodeState::Failed), PodReport::Ready { revision })
+                if current(revision) =>
+            {
+                step.set(
+                    node,
+                    Some(NodeState::Provisioned),
+                    "installer verified the runtime".into(),
+                );
             }
-            (Some(NodeState::Pending | NodeState::Provisioned), PodReport::Failed { revision, message }) if current(revision) => {
+            (
+                Some(NodeState::Pending | NodeState::Provisioned),
+                PodReport::Failed { revision, message },
+            ) if current(revision) => {
                 step.set(node, Some(NodeState::Failed), message.clone());
             }
-            (Some(NodeState::Pending), PodReport::Starting { revision, age_seconds })
-                if current(revision) && *age_seconds > rollout.verify_timeout_seconds =>
-            {
+            (
+                Some(NodeState::Pending),
+                PodReport::Starting {
+                    revision,
+                    age_seconds,
+                },
+            ) if current(revision) && *age_seconds > rollout.verify_timeout_seconds => {
                 let message = format!(
                     "installer not Ready within {} s (spec.rollout.verifyTimeoutSeconds)",
                     rollout.verify_timeout_seconds
                 );
                 step.set(node, Some(NodeState::Failed), message);
             }
-            (Some(NodeState::Uninstalling), _) if matches!(node.uninstaller, PodReport::Ready { .. }) => {
+            (Some(NodeState::Uninstalling), _)
+                if matches!(node.uninstaller, PodReport::Ready { .. }) =>
+            {
                 step.set(node, None, "uninstalled".into());
             }
             _ => {}
@@ -173,7 +196,11 @@ pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
     //    the selection should not keep a runtime), then fresh nodes, then re-rolls of nodes
     //    whose installer runs an older revision. A failed node of the current revision holds
     //    its share of the budget, so failures stop the rollout from widening.
-    let stale = |node: &NodeView| node.installer.revision().is_some_and(|r| r != rollout.revision);
+    let stale = |node: &NodeView| {
+        node.installer
+            .revision()
+            .is_some_and(|r| r != rollout.revision)
+    };
     let busy = nodes
         .iter()
         .filter(|n| match step.next[&n.name] {
@@ -183,25 +210,49 @@ pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
         })
         .count();
     let budget = rollout.max_unavailable.saturating_sub(busy);
-    let leaving = nodes.iter().filter(|n| !n.selected && step.next[&n.name].is_some_and(|s| s != NodeState::Uninstalling));
-    let fresh = nodes.iter().filter(|n| n.selected && step.next[&n.name].is_none());
+    let leaving = nodes.iter().filter(|n| {
+        !n.selected && step.next[&n.name].is_some_and(|s| s != NodeState::Uninstalling)
+    });
+    let fresh = nodes
+        .iter()
+        .filter(|n| n.selected && step.next[&n.name].is_none());
     let rerolls = nodes.iter().filter(|n| {
-        n.selected && matches!(step.next[&n.name], Some(NodeState::Provisioned | NodeState::Failed)) && stale(n)
+        n.selected
+            && matches!(
+                step.next[&n.name],
+                Some(NodeState::Provisioned | NodeState::Failed)
+            )
+            && stale(n)
     });
     let work: Vec<&&NodeView> = leaving.chain(fresh).chain(rerolls).collect();
     for node in work.into_iter().take(budget) {
         match step.next[&node.name] {
-            _ if !node.selected => step.set(node, Some(NodeState::Uninstalling), "node no longer selected".into()),
-            None => step.set(node, Some(NodeState::Pending), "selected by spec.nodeSelector".into()),
+            _ if !node.selected => step.set(
+                node,
+                Some(NodeState::Uninstalling),
+                "node no longer selected".into(),
+            ),
+            None => step.set(
+                node,
+                Some(NodeState::Pending),
+                "selected by spec.nodeSelector".into(),
+            ),
             _ => {
-                step.set(node, Some(NodeState::Pending), format!("rolling out revision {}", rollout.revision));
+                step.set(
+                    node,
+                    Some(NodeState::Pending),
+                    format!("rolling out revision {}", rollout.revision),
+                );
                 step.out.restart_installer_on.push(node.name.clone());
             }
         }
     }
     // A pending node whose pod still runs an older revision (the spec changed mid-rollout)
     // needs that pod replaced; it already holds budget.
-    for node in nodes.iter().filter(|n| n.selected && step.next[&n.name] == Some(NodeState::Pending) && stale(n)) {
+    for node in nodes
+        .iter()
+        .filter(|n| n.selected && step.next[&n.name] == Some(NodeState::Pending) && stale(n))
+    {
         if !step.out.restart_installer_on.contains(&node.name) {
             step.out.restart_installer_on.push(node.name.clone());
         }
@@ -243,13 +294,21 @@ struct Step {
 impl Step {
     fn set(&mut self, node: &NodeView, to: Option<NodeState>, reason: String) {
         self.next.insert(node.name.clone(), to);
-        self.out.transitions.push(Transition { node: node.name.clone(), from: node.state, to, reason });
+        self.out.transitions.push(Transition {
+            node: node.name.clone(),
+            from: node.state,
+            to,
+            reason,
+        });
     }
 }
 
 /// Resolve `maxUnavailable` (an integer, or a percentage of the selected nodes rounded up) to
 /// a node count of at least 1.
-pub fn resolve_max_unavailable(value: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString, selected: usize) -> usize {
+pub fn resolve_max_unavailable(
+    value: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    selected: usize,
+) -> usize {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let n = match value {
         IntOrString::Int(n) => usize::try_from(*n).unwrap_or(1),

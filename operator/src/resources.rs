@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Affinity, Container, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::api::node::v1::{RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -57,7 +57,11 @@ impl Role {
     /// installer pod, so its termination message and logs stay visible.
     fn node_states(self) -> &'static [NodeState] {
         match self {
-            Self::Install => &[NodeState::Pending, NodeState::Provisioned, NodeState::Failed],
+            Self::Install => &[
+                NodeState::Pending,
+                NodeState::Provisioned,
+                NodeState::Failed,
+            ],
             Self::Uninstall => &[NodeState::Uninstalling],
         }
     }
@@ -74,7 +78,10 @@ pub fn daemonset_name(runtime: &WasmRuntime, role: Role) -> String {
 /// Labels every object owned by a WasmRuntime carries.
 pub fn owned_labels(runtime: &WasmRuntime) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "wasm-operator".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "wasm-operator".to_string(),
+        ),
         (RUNTIME_LABEL.to_string(), runtime.name_any()),
     ])
 }
@@ -114,7 +121,10 @@ pub fn installer_args(runtime: &WasmRuntime, role: Role) -> Vec<String> {
         format!("--name={}", runtime.name_any()),
         format!("--handler={}", runtime.handler()),
         format!("--host-root={HOST_ROOT}"),
-        format!("--restart={}", restart_str(spec.containerd.restart.strategy)),
+        format!(
+            "--restart={}",
+            restart_str(spec.containerd.restart.strategy)
+        ),
     ];
     if let Some(path) = &spec.containerd.config_path {
         args.push(format!("--config={path}"));
@@ -124,10 +134,16 @@ pub fn installer_args(runtime: &WasmRuntime, role: Role) -> Vec<String> {
     }
     match role {
         Role::Install => {
-            args.push(format!("--systemd-cgroup={}", systemd_cgroup_str(spec.containerd.systemd_cgroup)));
+            args.push(format!(
+                "--systemd-cgroup={}",
+                systemd_cgroup_str(spec.containerd.systemd_cgroup)
+            ));
             // The installer's own wait for containerd after a restart: half of the node's
             // budget, so a failing install still has time to roll back within it.
-            args.push(format!("--verify-timeout={}", (spec.rollout.verify_timeout_seconds / 2).max(10)));
+            args.push(format!(
+                "--verify-timeout={}",
+                (spec.rollout.verify_timeout_seconds / 2).max(10)
+            ));
             if !spec.rollout.auto_rollback {
                 args.push("--no-rollback".into());
             }
@@ -168,7 +184,12 @@ fn systemd_cgroup_str(value: SystemdCgroup) -> &'static str {
 
 /// The installer image for a runtime.
 pub fn installer_image(runtime: &WasmRuntime, settings: &Settings) -> String {
-    runtime.spec.shim.image.clone().unwrap_or_else(|| settings.default_installer_image.clone())
+    runtime
+        .spec
+        .shim
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.default_installer_image.clone())
 }
 
 /// A short digest of everything an installer pod does on the node: a spec change that
@@ -193,7 +214,11 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
     let mut pod_labels = selector.clone();
     pod_labels.insert(REVISION_LABEL.into(), revision(runtime, settings));
 
-    let states = role.node_states().iter().map(|s| s.as_str().to_string()).collect();
+    let states = role
+        .node_states()
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
     let affinity = Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
@@ -213,7 +238,10 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
     let field_env = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..ObjectFieldSelector::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
@@ -223,15 +251,23 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
         image: Some(installer_image(runtime, settings)),
         image_pull_policy: Some(format!("{:?}", runtime.spec.shim.image_pull_policy)),
         args: Some(installer_args(runtime, role)),
-        env: Some(vec![field_env("NODE_NAME", "spec.nodeName"), field_env("POD_UID", "metadata.uid")]),
-        security_context: Some(SecurityContext { privileged: Some(true), ..SecurityContext::default() }),
+        env: Some(vec![
+            field_env("NODE_NAME", "spec.nodeName"),
+            field_env("POD_UID", "metadata.uid"),
+        ]),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..SecurityContext::default()
+        }),
         volume_mounts: Some(vec![VolumeMount {
             name: "host-root".into(),
             mount_path: HOST_ROOT.into(),
             ..VolumeMount::default()
         }]),
         readiness_probe: Some(Probe {
-            exec: Some(ExecAction { command: Some(READY_COMMAND.iter().map(|s| s.to_string()).collect()) }),
+            exec: Some(ExecAction {
+                command: Some(READY_COMMAND.iter().map(|s| s.to_string()).collect()),
+            }),
             period_seconds: Some(2),
             failure_threshold: Some(1),
             ..Probe::default()
@@ -244,7 +280,10 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
                 ("cpu".into(), Quantity("10m".into())),
                 ("memory".into(), Quantity("32Mi".into())),
             ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("256Mi".into()),
+            )])),
             ..ResourceRequirements::default()
         }),
         ..Container::default()
@@ -252,15 +291,25 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
     DaemonSet {
         metadata: owner_meta(runtime, name, Some(settings.installer_namespace.clone())),
         spec: DaemonSetSpec {
-            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
-            update_strategy: Some(DaemonSetUpdateStrategy { type_: Some("OnDelete".into()), ..DaemonSetUpdateStrategy::default() }),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..DaemonSetUpdateStrategy::default()
+            }),
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     affinity: Some(affinity),
-                    tolerations: (!runtime.spec.tolerations.is_empty()).then(|| runtime.spec.tolerations.clone()),
+                    tolerations: (!runtime.spec.tolerations.is_empty())
+                        .then(|| runtime.spec.tolerations.clone()),
                     host_pid: Some(true),
                     // A privileged pod with an API token could take over the cluster; ours
                     // reports through readiness and its termination message instead.
@@ -269,7 +318,10 @@ pub fn daemonset(runtime: &WasmRuntime, role: Role, settings: &Settings) -> Daem
                     termination_grace_period_seconds: Some(30),
                     volumes: Some(vec![Volume {
                         name: "host-root".into(),
-                        host_path: Some(HostPathVolumeSource { path: "/".into(), type_: Some("Directory".into()) }),
+                        host_path: Some(HostPathVolumeSource {
+                            path: "/".into(),
+                            type_: Some("Directory".into()),
+                        }),
                         ..Volume::default()
                     }]),
                     ..PodSpec::default()

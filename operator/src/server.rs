@@ -24,7 +24,10 @@ pub struct Health {
 /// Serve until the process ends.
 pub async fn serve(addr: SocketAddr, health: Health) -> Result<(), Error> {
     let app = Router::new()
-        .route("/metrics", get(|State(h): State<Health>| async move { h.metrics.encode() }))
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move { h.metrics.encode() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -37,7 +40,12 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<(), Error> {
             }),
         )
         .with_state(health);
-    let serve_error = |source| Error::Serve { addr: addr.to_string(), source };
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(serve_error)?;
+    let serve_error = |source| Error::Serve {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(serve_error)?;
     axum::serve(listener, app).await.map_err(serve_error)
 }

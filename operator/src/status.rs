@@ -5,7 +5,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{ConditionType, MAX_FAILURES, NodeCounts, NodeFailure, RuntimeState, WasmRuntimeStatus};
+use crate::api::{
+    ConditionType, MAX_FAILURES, NodeCounts, NodeFailure, RuntimeState, WasmRuntimeStatus,
+};
 use crate::planner::Plan;
 
 /// What stops a runtime from progressing, besides node failures.
@@ -38,7 +40,11 @@ pub fn status(plan: &Plan, input: StatusInput<'_>) -> WasmRuntimeStatus {
         Some(Blocker::HandlerConflict(msg)) => (
             RuntimeState::Degraded,
             cond(false, "HandlerConflict", msg),
-            cond(false, "HandlerConflict", "nothing is rolled out while the handler is taken"),
+            cond(
+                false,
+                "HandlerConflict",
+                "nothing is rolled out while the handler is taken",
+            ),
             cond(true, "HandlerConflict", msg),
         ),
         Some(Blocker::InvalidSpec(msg)) => (
@@ -51,27 +57,63 @@ pub fn status(plan: &Plan, input: StatusInput<'_>) -> WasmRuntimeStatus {
             RuntimeState::Deleting,
             cond(false, "InUse", msg),
             cond(true, "InUse", msg),
-            cond(false, "InUse", "deletion waits for pods that use the runtime"),
+            cond(
+                false,
+                "InUse",
+                "deletion waits for pods that use the runtime",
+            ),
         ),
         None if input.deleting => {
-            let msg = format!("uninstalling: {} node(s) still carry the runtime", c.pending + c.provisioned + c.failed + c.uninstalling);
-            (RuntimeState::Deleting, cond(false, "Deleting", &msg), cond(true, "Deleting", &msg), cond(false, "Deleting", &msg))
+            let msg = format!(
+                "uninstalling: {} node(s) still carry the runtime",
+                c.pending + c.provisioned + c.failed + c.uninstalling
+            );
+            (
+                RuntimeState::Deleting,
+                cond(false, "Deleting", &msg),
+                cond(true, "Deleting", &msg),
+                cond(false, "Deleting", &msg),
+            )
         }
         None => {
-            let failed = plan.failures.iter().next().map(|(node, msg)| format!("{} node(s) failed; {node}: {msg}", c.failed));
-            let progress = format!("{}/{} nodes provisioned, {} installing, {} uninstalling", c.provisioned, c.selected, c.pending, c.uninstalling);
-            let rolling = c.pending > 0 || c.uninstalling > 0 || (c.provisioned + c.failed) < c.selected;
+            let failed = plan
+                .failures
+                .iter()
+                .next()
+                .map(|(node, msg)| format!("{} node(s) failed; {node}: {msg}", c.failed));
+            let progress = format!(
+                "{}/{} nodes provisioned, {} installing, {} uninstalling",
+                c.provisioned, c.selected, c.pending, c.uninstalling
+            );
+            let rolling =
+                c.pending > 0 || c.uninstalling > 0 || (c.provisioned + c.failed) < c.selected;
             let state = match (&failed, rolling) {
                 (Some(_), _) => RuntimeState::Degraded,
                 (None, true) => RuntimeState::Progressing,
                 (None, false) => RuntimeState::Ready,
             };
-            let ready_reason = if plan.is_complete() { "AllNodesProvisioned" } else { "NotAllNodesProvisioned" };
-            let ready_msg = if c.selected == 0 { "no node matches spec.nodeSelector".to_string() } else { progress.clone() };
+            let ready_reason = if plan.is_complete() {
+                "AllNodesProvisioned"
+            } else {
+                "NotAllNodesProvisioned"
+            };
+            let ready_msg = if c.selected == 0 {
+                "no node matches spec.nodeSelector".to_string()
+            } else {
+                progress.clone()
+            };
             (
                 state,
                 cond(plan.is_complete(), ready_reason, &ready_msg),
-                cond(rolling, if rolling { "RollingOut" } else { "RolloutComplete" }, &progress),
+                cond(
+                    rolling,
+                    if rolling {
+                        "RollingOut"
+                    } else {
+                        "RolloutComplete"
+                    },
+                    &progress,
+                ),
                 match &failed {
                     Some(msg) => cond(true, "NodesFailed", msg),
                     None => cond(false, "NoFailures", "no node failed"),
@@ -79,10 +121,14 @@ pub fn status(plan: &Plan, input: StatusInput<'_>) -> WasmRuntimeStatus {
             )
         }
     };
-    let conditions = [(ConditionType::Ready, ready), (ConditionType::Progressing, progressing), (ConditionType::Degraded, degraded)]
-        .into_iter()
-        .map(|(kind, (status, reason, message))| condition(kind, status, reason, message, &input))
-        .collect();
+    let conditions = [
+        (ConditionType::Ready, ready),
+        (ConditionType::Progressing, progressing),
+        (ConditionType::Degraded, degraded),
+    ]
+    .into_iter()
+    .map(|(kind, (status, reason, message))| condition(kind, status, reason, message, &input))
+    .collect();
     let failures = plan
         .failures
         .iter()
@@ -92,7 +138,11 @@ pub fn status(plan: &Plan, input: StatusInput<'_>) -> WasmRuntimeStatus {
             message: message.clone(),
             since: input
                 .previous
-                .and_then(|p| p.failures.iter().find(|f| f.node == *node && f.message == *message))
+                .and_then(|p| {
+                    p.failures
+                        .iter()
+                        .find(|f| f.node == *node && f.message == *message)
+                })
                 .and_then(|f| f.since.clone())
                 .or_else(|| Some(input.now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())),
         })
@@ -110,7 +160,10 @@ pub fn status(plan: &Plan, input: StatusInput<'_>) -> WasmRuntimeStatus {
             failed: count(c.failed),
         },
         failures,
-        shim_version: input.shim_version.clone().or_else(|| input.previous.and_then(|p| p.shim_version.clone())),
+        shim_version: input
+            .shim_version
+            .clone()
+            .or_else(|| input.previous.and_then(|p| p.shim_version.clone())),
     }
 }
 
@@ -123,7 +176,13 @@ fn count(n: usize) -> i32 {
 }
 
 /// A condition whose lastTransitionTime stays as it was unless its status flips.
-fn condition(kind: ConditionType, status: bool, reason: String, message: String, input: &StatusInput<'_>) -> Condition {
+fn condition(
+    kind: ConditionType,
+    status: bool,
+    reason: String,
+    message: String,
+    input: &StatusInput<'_>,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let previous = input
         .previous
@@ -136,6 +195,8 @@ fn condition(kind: ConditionType, status: bool, reason: String, message: String,
         // The apiserver caps condition messages at 32 KiB; ours stay far below.
         message: message.chars().take(1024).collect(),
         observed_generation: input.generation,
-        last_transition_time: previous.map(|c| c.last_transition_time.clone()).unwrap_or(Time(input.now)),
+        last_transition_time: previous
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(input.now)),
     }
 }

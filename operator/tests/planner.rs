@@ -3,34 +3,58 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rstest::rstest;
-use wasm_operator::planner::{NodeState, NodeView, PodReport, Rollout, plan, resolve_max_unavailable};
+use wasm_operator::planner::{
+    NodeState, NodeView, PodReport, Rollout, plan, resolve_max_unavailable,
+};
 
 use NodeState::{Failed, Pending, Provisioned, Uninstalling};
 
 const REV: &str = "r2";
 
 fn node(name: &str, selected: bool, state: Option<NodeState>, installer: PodReport) -> NodeView {
-    NodeView { name: name.into(), selected, state, installer, uninstaller: PodReport::Absent }
+    NodeView {
+        name: name.into(),
+        selected,
+        state,
+        installer,
+        uninstaller: PodReport::Absent,
+    }
 }
 fn fresh(name: &str) -> NodeView {
     node(name, true, None, PodReport::Absent)
 }
 fn ready(rev: &str) -> PodReport {
-    PodReport::Ready { revision: rev.into() }
+    PodReport::Ready {
+        revision: rev.into(),
+    }
 }
 fn starting(rev: &str, age: i64) -> PodReport {
-    PodReport::Starting { revision: rev.into(), age_seconds: age }
+    PodReport::Starting {
+        revision: rev.into(),
+        age_seconds: age,
+    }
 }
 fn failed(rev: &str, msg: &str) -> PodReport {
-    PodReport::Failed { revision: rev.into(), message: msg.into() }
+    PodReport::Failed {
+        revision: rev.into(),
+        message: msg.into(),
+    }
 }
 fn rollout(max: usize) -> Rollout {
-    Rollout { revision: REV.into(), max_unavailable: max, verify_timeout_seconds: 300 }
+    Rollout {
+        revision: REV.into(),
+        max_unavailable: max,
+        verify_timeout_seconds: 300,
+    }
 }
 
 /// The transitions of a plan as (node, to) pairs.
 fn moves(nodes: &[NodeView], max: usize) -> Vec<(String, Option<NodeState>)> {
-    plan(nodes, &rollout(max)).transitions.into_iter().map(|t| (t.node, t.to)).collect()
+    plan(nodes, &rollout(max))
+        .transitions
+        .into_iter()
+        .map(|t| (t.node, t.to))
+        .collect()
 }
 fn mv(node: &str, to: Option<NodeState>) -> (String, Option<NodeState>) {
     (node.into(), to)
@@ -86,14 +110,21 @@ fn mv(node: &str, to: Option<NodeState>) -> (String, Option<NodeState>) {
 #[case::provisioned_pod_restarting_stays_provisioned(
     vec![node("a", true, Some(Provisioned), starting(REV, 1000)), node("b", true, Some(Provisioned), PodReport::Absent)], 1,
     vec![])]
-fn planner_moves(#[case] nodes: Vec<NodeView>, #[case] max: usize, #[case] expected: Vec<(String, Option<NodeState>)>) {
+fn planner_moves(
+    #[case] nodes: Vec<NodeView>,
+    #[case] max: usize,
+    #[case] expected: Vec<(String, Option<NodeState>)>,
+) {
     assert_eq!(moves(&nodes, max), expected);
 }
 
 #[test]
 fn spec_change_mid_rollout_replaces_old_pod_of_pending_node() {
     // b was pending for r1 when the spec moved on to r2: its r1 pod must go.
-    let nodes = vec![node("a", true, Some(Provisioned), ready(REV)), node("b", true, Some(Pending), starting("r1", 10))];
+    let nodes = vec![
+        node("a", true, Some(Provisioned), ready(REV)),
+        node("b", true, Some(Pending), starting("r1", 10)),
+    ];
     let p = plan(&nodes, &rollout(1));
     assert!(p.transitions.is_empty());
     assert_eq!(p.restart_installer_on, vec!["b".to_string()]);
@@ -110,7 +141,12 @@ fn reroll_deletes_the_old_installer_pod() {
 fn counts_and_failures_reflect_the_plan() {
     let nodes = vec![
         node("a", true, Some(Pending), ready(REV)),
-        node("b", true, Some(Pending), failed(REV, "containerd rejected the config; original restored")),
+        node(
+            "b",
+            true,
+            Some(Pending),
+            failed(REV, "containerd rejected the config; original restored"),
+        ),
         node("c", true, Some(Failed), PodReport::Absent),
         fresh("d"),
         node("e", false, Some(Provisioned), ready(REV)),
@@ -121,14 +157,20 @@ fn counts_and_failures_reflect_the_plan() {
     assert_eq!(p.counts.failed, 2);
     assert_eq!(p.counts.pending, 1, "d joins; budget 5 - 2 failed");
     assert_eq!(p.counts.uninstalling, 1);
-    assert_eq!(p.failures["b"], "containerd rejected the config; original restored");
+    assert_eq!(
+        p.failures["b"],
+        "containerd rejected the config; original restored"
+    );
     assert!(p.failures.contains_key("c"));
     assert!(!p.is_complete());
 }
 
 #[test]
 fn complete_when_all_selected_provisioned() {
-    let nodes = vec![node("a", true, Some(Provisioned), ready(REV)), node("b", true, Some(Pending), ready(REV))];
+    let nodes = vec![
+        node("a", true, Some(Provisioned), ready(REV)),
+        node("b", true, Some(Pending), ready(REV)),
+    ];
     let p = plan(&nodes, &rollout(1));
     assert!(p.is_complete());
     assert_eq!(p.counts.provisioned, 2);
@@ -141,7 +183,10 @@ fn rollout_converges_over_many_steps_within_budget() {
     let mut steps = 0;
     loop {
         let p = plan(&nodes, &rollout(4));
-        assert!(p.counts.pending <= 4, "never more than maxUnavailable in flight");
+        assert!(
+            p.counts.pending <= 4,
+            "never more than maxUnavailable in flight"
+        );
         if p.is_complete() {
             break;
         }
@@ -155,7 +200,10 @@ fn rollout_converges_over_many_steps_within_budget() {
         steps += 1;
         assert!(steps < 100, "no progress");
     }
-    assert_eq!(steps, 7, "25 nodes in batches of 4 take 7 batches; the 8th plan only settles");
+    assert_eq!(
+        steps, 7,
+        "25 nodes in batches of 4 take 7 batches; the 8th plan only settles"
+    );
 }
 
 #[test]
@@ -172,6 +220,10 @@ fn planner_is_deterministic_regardless_of_input_order() {
 #[case(IntOrString::String("34%".into()), 10, 4)]
 #[case(IntOrString::String("100%".into()), 7, 7)]
 #[case(IntOrString::String("1%".into()), 0, 1)]
-fn max_unavailable_resolution(#[case] value: IntOrString, #[case] selected: usize, #[case] expected: usize) {
+fn max_unavailable_resolution(
+    #[case] value: IntOrString,
+    #[case] selected: usize,
+    #[case] expected: usize,
+) {
     assert_eq!(resolve_max_unavailable(&value, selected), expected);
 }

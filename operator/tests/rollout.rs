@@ -18,30 +18,65 @@ async fn rolls_out_in_batches_and_publishes_a_runtime_class() -> Result<()> {
     let mut env = Env::start(&["n-0", "n-1", "n-2", "n-3"]).await?;
     let history = env.record_labels("wasmtime");
     env.start_operator(&[])?;
-    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": 2}})).await?;
+    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": 2}}))
+        .await?;
 
     let rt = env.wait_runtime("wasmtime", "Ready", is_ready).await?;
     let status = rt.status.context("status")?;
     assert_eq!(status.ready.as_deref(), Some("4/4"));
     assert_eq!(status.nodes.provisioned, 4);
     assert_eq!(status.handler.as_deref(), Some("wasmtime"));
-    assert_eq!(status.shim_version.as_deref(), Some("test"), "the installer image tag");
-    assert!(env.node_states("wasmtime").await?.values().all(|v| v.as_deref() == Some("provisioned")));
-    assert!(history.max_pending() <= 2, "at most maxUnavailable nodes in flight, saw {}", history.max_pending());
+    assert_eq!(
+        status.shim_version.as_deref(),
+        Some("test"),
+        "the installer image tag"
+    );
+    assert!(
+        env.node_states("wasmtime")
+            .await?
+            .values()
+            .all(|v| v.as_deref() == Some("provisioned"))
+    );
+    assert!(
+        history.max_pending() <= 2,
+        "at most maxUnavailable nodes in flight, saw {}",
+        history.max_pending()
+    );
     for node in ["n-0", "n-1", "n-2", "n-3"] {
-        assert_eq!(history.of(node), [None, Some("pending".into()), Some("provisioned".into())], "{node}");
+        assert_eq!(
+            history.of(node),
+            [None, Some("pending".into()), Some("provisioned".into())],
+            "{node}"
+        );
     }
 
-    let rc = Api::<RuntimeClass>::all(env.client.clone()).get("wasmtime").await?;
+    let rc = Api::<RuntimeClass>::all(env.client.clone())
+        .get("wasmtime")
+        .await?;
     assert_eq!(rc.handler, "wasmtime");
-    let selector = rc.scheduling.and_then(|s| s.node_selector).context("RuntimeClass schedules")?;
-    assert_eq!(selector.get("wasmruntime.dev/wasmtime").map(String::as_str), Some("provisioned"));
+    let selector = rc
+        .scheduling
+        .and_then(|s| s.node_selector)
+        .context("RuntimeClass schedules")?;
+    assert_eq!(
+        selector.get("wasmruntime.dev/wasmtime").map(String::as_str),
+        Some("provisioned")
+    );
 
-    let ds = Api::<DaemonSet>::namespaced(env.client.clone(), NAMESPACE).get("wasm-installer-wasmtime").await?;
+    let ds = Api::<DaemonSet>::namespaced(env.client.clone(), NAMESPACE)
+        .get("wasm-installer-wasmtime")
+        .await?;
     let spec = ds.spec;
-    assert_eq!(spec.update_strategy.and_then(|u| u.type_).as_deref(), Some("OnDelete"));
+    assert_eq!(
+        spec.update_strategy.and_then(|u| u.type_).as_deref(),
+        Some("OnDelete")
+    );
     let pod = spec.template.spec.context("pod spec")?;
-    assert_eq!(pod.automount_service_account_token, Some(false), "installer pods hold no API token");
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "installer pods hold no API token"
+    );
     assert_eq!(pod.host_pid, Some(true));
     Ok(())
 }
@@ -55,32 +90,66 @@ async fn failed_node_is_labelled_failed_never_provisioned_and_stops_the_rollout(
     env.apply_runtime("wasmtime", json!({})).await?;
 
     let rt = env
-        .wait_runtime("wasmtime", "Degraded", |rt| condition(rt, "Degraded").is_some_and(|(s, _, _)| s == "True"))
+        .wait_runtime("wasmtime", "Degraded", |rt| {
+            condition(rt, "Degraded").is_some_and(|(s, _, _)| s == "True")
+        })
         .await?;
     let status = rt.status.clone().context("status")?;
     let (_, reason, message) = condition(&rt, "Degraded").unwrap();
     assert_eq!(reason, "NodesFailed");
-    assert!(message.contains("fail-0") && message.contains("containerd did not come back"), "{message}");
+    assert!(
+        message.contains("fail-0") && message.contains("containerd did not come back"),
+        "{message}"
+    );
     assert_eq!(status.failures.len(), 1);
     assert_eq!(status.failures[0].node, "fail-0");
-    assert!(status.failures[0].message.contains("original config was restored"));
+    assert!(
+        status.failures[0]
+            .message
+            .contains("original config was restored")
+    );
     assert_eq!(status.nodes.failed, 1);
 
     // The failure holds the whole budget (maxUnavailable 1): nobody else starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let states = env.node_states("wasmtime").await?;
     assert_eq!(states["fail-0"].as_deref(), Some("failed"));
-    assert_eq!(states["n-0"], None, "rollout must not widen past failures: {states:?}");
+    assert_eq!(
+        states["n-0"], None,
+        "rollout must not widen past failures: {states:?}"
+    );
     assert_eq!(states["n-1"], None);
-    assert!(!history.of("fail-0").contains(&Some("provisioned".into())), "a failed node is never selectable");
+    assert!(
+        !history.of("fail-0").contains(&Some("provisioned".into())),
+        "a failed node is never selectable"
+    );
 
     // A Warning Event names the node.
-    let events = env.cluster.kubectl().args(["get", "events", "-A", "--field-selector", "reason=NodeFailed", "-o", "json"]).output()?;
-    assert!(String::from_utf8_lossy(&events.stdout).contains("fail-0"), "Warning Event for fail-0");
+    let events = env
+        .cluster
+        .kubectl()
+        .args([
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "reason=NodeFailed",
+            "-o",
+            "json",
+        ])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("fail-0"),
+        "Warning Event for fail-0"
+    );
 
     // More budget lets the rollout continue around the failed node.
-    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": 3}})).await?;
-    env.wait_runtime("wasmtime", "n-0 and n-1 provisioned", |rt| rt.status.as_ref().is_some_and(|s| s.nodes.provisioned == 2)).await?;
+    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": 3}}))
+        .await?;
+    env.wait_runtime("wasmtime", "n-0 and n-1 provisioned", |rt| {
+        rt.status.as_ref().is_some_and(|s| s.nodes.provisioned == 2)
+    })
+    .await?;
     let states = env.node_states("wasmtime").await?;
     assert_eq!(states["fail-0"].as_deref(), Some("failed"));
     assert!(!history.of("fail-0").contains(&Some("provisioned".into())));
@@ -94,26 +163,65 @@ async fn spec_change_rerolls_node_by_node_with_new_installer_pods() -> Result<()
     env.apply_runtime("wasmtime", json!({})).await?;
     env.wait_runtime("wasmtime", "Ready", is_ready).await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
-    let revision = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get("wasmruntime.dev/revision").cloned()).unwrap_or_default();
-    let before: Vec<String> = pods.list(&Default::default()).await?.items.iter().map(revision).collect();
+    let revision = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("wasmruntime.dev/revision").cloned())
+            .unwrap_or_default()
+    };
+    let before: Vec<String> = pods
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(revision)
+        .collect();
     assert_eq!(before.len(), 3);
 
     let history = env.record_labels("wasmtime");
-    env.apply_runtime("wasmtime", json!({"wasm": {"network": "allow"}})).await?;
-    let rt = env.wait_runtime("wasmtime", "Ready at generation 2", |rt| is_ready(rt) && rt.metadata.generation == Some(2)).await?;
+    env.apply_runtime("wasmtime", json!({"wasm": {"network": "allow"}}))
+        .await?;
+    let rt = env
+        .wait_runtime("wasmtime", "Ready at generation 2", |rt| {
+            is_ready(rt) && rt.metadata.generation == Some(2)
+        })
+        .await?;
     assert_eq!(rt.status.and_then(|s| s.observed_generation), Some(2));
-    let after: Vec<String> = pods.list(&Default::default()).await?.items.iter().map(revision).collect();
+    let after: Vec<String> = pods
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(revision)
+        .collect();
     assert_eq!(after.len(), 3);
-    assert!(after.iter().all(|r| r != &before[0]), "every installer pod runs the new revision: {before:?} -> {after:?}");
-    assert!(history.max_pending() <= 1, "re-roll stays within maxUnavailable 1");
+    assert!(
+        after.iter().all(|r| r != &before[0]),
+        "every installer pod runs the new revision: {before:?} -> {after:?}"
+    );
+    assert!(
+        history.max_pending() <= 1,
+        "re-roll stays within maxUnavailable 1"
+    );
     for node in ["n-0", "n-1", "n-2"] {
-        assert!(history.of(node).contains(&Some("pending".into())), "{node} was re-rolled");
+        assert!(
+            history.of(node).contains(&Some("pending".into())),
+            "{node} was re-rolled"
+        );
     }
 
     // A rollout-only change (no effect on the node) re-rolls nothing.
     let history = env.record_labels("wasmtime");
-    env.apply_runtime("wasmtime", json!({"wasm": {"network": "allow"}, "rollout": {"maxUnavailable": 2}})).await?;
-    env.wait_runtime("wasmtime", "Ready at generation 3", |rt| is_ready(rt) && rt.metadata.generation == Some(3)).await?;
+    env.apply_runtime(
+        "wasmtime",
+        json!({"wasm": {"network": "allow"}, "rollout": {"maxUnavailable": 2}}),
+    )
+    .await?;
+    env.wait_runtime("wasmtime", "Ready at generation 3", |rt| {
+        is_ready(rt) && rt.metadata.generation == Some(3)
+    })
+    .await?;
     assert_eq!(history.max_pending(), 0);
     Ok(())
 }
@@ -124,24 +232,52 @@ async fn nodes_joining_and_leaving_the_selection() -> Result<()> {
     env.add_node("a", &[("wasm", "yes")]).await?;
     env.add_node("b", &[("wasm", "no")]).await?;
     env.start_operator(&[])?;
-    env.apply_runtime("wasmtime", json!({"nodeSelector": {"matchLabels": {"wasm": "yes"}}})).await?;
+    env.apply_runtime(
+        "wasmtime",
+        json!({"nodeSelector": {"matchLabels": {"wasm": "yes"}}}),
+    )
+    .await?;
     env.wait_runtime("wasmtime", "Ready", is_ready).await?;
-    assert_eq!(env.node_states("wasmtime").await?["b"], None, "unselected node untouched");
+    assert_eq!(
+        env.node_states("wasmtime").await?["b"],
+        None,
+        "unselected node untouched"
+    );
 
     env.add_node("c", &[("wasm", "yes")]).await?;
-    env.wait_runtime("wasmtime", "2/2", |rt| rt.status.as_ref().and_then(|s| s.ready.as_deref()) == Some("2/2") && is_ready(rt)).await?;
+    env.wait_runtime("wasmtime", "2/2", |rt| {
+        rt.status.as_ref().and_then(|s| s.ready.as_deref()) == Some("2/2") && is_ready(rt)
+    })
+    .await?;
 
     // a leaves the selection: the uninstaller runs there, then the label goes.
     let history = env.record_labels("wasmtime");
     let nodes: Api<Node> = Api::all(env.client.clone());
-    nodes.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"wasm": "no"}}}))).await?;
-    env.wait_runtime("wasmtime", "1/1", |rt| rt.status.as_ref().and_then(|s| s.ready.as_deref()) == Some("1/1") && is_ready(rt)).await?;
+    nodes
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"wasm": "no"}}})),
+        )
+        .await?;
+    env.wait_runtime("wasmtime", "1/1", |rt| {
+        rt.status.as_ref().and_then(|s| s.ready.as_deref()) == Some("1/1") && is_ready(rt)
+    })
+    .await?;
     let deadline = std::time::Instant::now() + WAIT;
     while env.node_states("wasmtime").await?["a"].is_some() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "a still labelled: {:?}", env.node_states("wasmtime").await?);
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "a still labelled: {:?}",
+            env.node_states("wasmtime").await?
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(history.of("a").contains(&Some("uninstalling".into())), "a went through uninstalling: {:?}", history.of("a"));
+    assert!(
+        history.of("a").contains(&Some("uninstalling".into())),
+        "a went through uninstalling: {:?}",
+        history.of("a")
+    );
     Ok(())
 }
 
@@ -151,27 +287,54 @@ async fn handler_conflicts_are_reported_and_nothing_is_overwritten() -> Result<(
     let foreign: RuntimeClass = serde_json::from_value(json!({
         "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "taken"}, "handler": "runc"
     }))?;
-    Api::<RuntimeClass>::all(env.client.clone()).create(&PostParams::default(), &foreign).await?;
+    Api::<RuntimeClass>::all(env.client.clone())
+        .create(&PostParams::default(), &foreign)
+        .await?;
     env.start_operator(&[])?;
-    env.apply_runtime("first", json!({"handler": "shared"})).await?;
+    env.apply_runtime("first", json!({"handler": "shared"}))
+        .await?;
     env.wait_runtime("first", "Ready", is_ready).await?;
-    env.apply_runtime("second", json!({"handler": "shared"})).await?;
-    env.apply_runtime("third", json!({"handler": "taken"})).await?;
-    env.apply_runtime("other", json!({"handler": "other"})).await?;
+    env.apply_runtime("second", json!({"handler": "shared"}))
+        .await?;
+    env.apply_runtime("third", json!({"handler": "taken"}))
+        .await?;
+    env.apply_runtime("other", json!({"handler": "other"}))
+        .await?;
 
-    let degraded = |rt: &wasm_operator::api::WasmRuntime| condition(rt, "Degraded").is_some_and(|(s, r, _)| s == "True" && r == "HandlerConflict");
-    let second = env.wait_runtime("second", "HandlerConflict", degraded).await?;
-    assert!(condition(&second, "Degraded").unwrap().2.contains("already used by WasmRuntime first"));
-    let third = env.wait_runtime("third", "HandlerConflict", degraded).await?;
-    assert!(condition(&third, "Degraded").unwrap().2.contains("RuntimeClass taken already exists"));
+    let degraded = |rt: &wasm_operator::api::WasmRuntime| {
+        condition(rt, "Degraded").is_some_and(|(s, r, _)| s == "True" && r == "HandlerConflict")
+    };
+    let second = env
+        .wait_runtime("second", "HandlerConflict", degraded)
+        .await?;
+    assert!(
+        condition(&second, "Degraded")
+            .unwrap()
+            .2
+            .contains("already used by WasmRuntime first")
+    );
+    let third = env
+        .wait_runtime("third", "HandlerConflict", degraded)
+        .await?;
+    assert!(
+        condition(&third, "Degraded")
+            .unwrap()
+            .2
+            .contains("RuntimeClass taken already exists")
+    );
     // Two runtimes with different handlers coexist on the same node.
     env.wait_runtime("other", "Ready", is_ready).await?;
 
-    let rc = Api::<RuntimeClass>::all(env.client.clone()).get("taken").await?;
+    let rc = Api::<RuntimeClass>::all(env.client.clone())
+        .get("taken")
+        .await?;
     assert_eq!(rc.handler, "runc", "the foreign RuntimeClass is untouched");
     assert!(rc.scheduling.is_none());
     let states = env.node_states("second").await?;
-    assert_eq!(states["n-0"], None, "a conflicting runtime installs nothing");
+    assert_eq!(
+        states["n-0"], None,
+        "a conflicting runtime installs nothing"
+    );
     Ok(())
 }
 
@@ -179,7 +342,8 @@ async fn handler_conflicts_are_reported_and_nothing_is_overwritten() -> Result<(
 async fn deletion_waits_for_pods_then_uninstalls_and_cleans_up() -> Result<()> {
     let mut env = Env::start(&["n-0", "n-1"]).await?;
     env.start_operator(&[])?;
-    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": "100%"}})).await?;
+    env.apply_runtime("wasmtime", json!({"rollout": {"maxUnavailable": "100%"}}))
+        .await?;
     env.wait_runtime("wasmtime", "Ready", is_ready).await?;
 
     let pod: Pod = serde_json::from_value(json!({
@@ -190,28 +354,72 @@ async fn deletion_waits_for_pods_then_uninstalls_and_cleans_up() -> Result<()> {
     // The default ServiceAccount appears once the controller-manager is up.
     let deadline = std::time::Instant::now() + WAIT;
     while let Err(e) = pods.create(&PostParams::default(), &pod).await {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "creating the Wasm pod: {e}");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "creating the Wasm pod: {e}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    env.runtimes().delete("wasmtime", &DeleteParams::default()).await?;
-    let rt = env
-        .wait_runtime("wasmtime", "InUse", |rt| condition(rt, "Ready").is_some_and(|(_, r, _)| r == "InUse"))
+    env.runtimes()
+        .delete("wasmtime", &DeleteParams::default())
         .await?;
-    assert!(condition(&rt, "Ready").unwrap().2.contains("default/wasm-app"), "names the pod");
-    assert!(env.node_states("wasmtime").await?.values().all(|v| v.as_deref() == Some("provisioned")), "nothing uninstalled yet");
+    let rt = env
+        .wait_runtime("wasmtime", "InUse", |rt| {
+            condition(rt, "Ready").is_some_and(|(_, r, _)| r == "InUse")
+        })
+        .await?;
+    assert!(
+        condition(&rt, "Ready")
+            .unwrap()
+            .2
+            .contains("default/wasm-app"),
+        "names the pod"
+    );
+    assert!(
+        env.node_states("wasmtime")
+            .await?
+            .values()
+            .all(|v| v.as_deref() == Some("provisioned")),
+        "nothing uninstalled yet"
+    );
 
     pods.delete("wasm-app", &DeleteParams::default()).await?;
     let deadline = std::time::Instant::now() + WAIT;
     while env.runtimes().get_opt("wasmtime").await?.is_some() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "WasmRuntime not deleted; log:\n{}", env.operator_log());
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "WasmRuntime not deleted; log:\n{}",
+            env.operator_log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(env.node_states("wasmtime").await?.values().all(Option::is_none), "labels removed");
-    assert!(Api::<RuntimeClass>::all(env.client.clone()).get_opt("wasmtime").await?.is_none());
+    assert!(
+        env.node_states("wasmtime")
+            .await?
+            .values()
+            .all(Option::is_none),
+        "labels removed"
+    );
+    assert!(
+        Api::<RuntimeClass>::all(env.client.clone())
+            .get_opt("wasmtime")
+            .await?
+            .is_none()
+    );
     let daemonsets: Api<DaemonSet> = Api::namespaced(env.client.clone(), NAMESPACE);
-    assert!(daemonsets.get_opt("wasm-installer-wasmtime").await?.is_none());
-    assert!(daemonsets.get_opt("wasm-uninstaller-wasmtime").await?.is_none());
+    assert!(
+        daemonsets
+            .get_opt("wasm-installer-wasmtime")
+            .await?
+            .is_none()
+    );
+    assert!(
+        daemonsets
+            .get_opt("wasm-uninstaller-wasmtime")
+            .await?
+            .is_none()
+    );
     Ok(())
 }
 
@@ -222,14 +430,21 @@ async fn a_new_operator_resumes_a_rollout_after_a_kill() -> Result<()> {
     let history = env.record_labels("wasmtime");
     env.start_operator(&["--leader-elect", "--lease-namespace", "default"])?;
     env.apply_runtime("wasmtime", json!({})).await?;
-    env.wait_runtime("wasmtime", "2 provisioned", |rt| rt.status.as_ref().is_some_and(|s| s.nodes.provisioned >= 2)).await?;
+    env.wait_runtime("wasmtime", "2 provisioned", |rt| {
+        rt.status.as_ref().is_some_and(|s| s.nodes.provisioned >= 2)
+    })
+    .await?;
     env.kill_operator();
 
     env.start_operator(&["--leader-elect", "--lease-namespace", "default"])?;
     env.wait_runtime("wasmtime", "Ready", is_ready).await?;
     for node in nodes {
         // Exactly one pass per node: no duplicated or lost transitions across the handover.
-        assert_eq!(history.of(node), [None, Some("pending".into()), Some("provisioned".into())], "{node}");
+        assert_eq!(
+            history.of(node),
+            [None, Some("pending".into()), Some("provisioned".into())],
+            "{node}"
+        );
     }
     assert!(history.max_pending() <= 1);
     Ok(())
@@ -243,19 +458,34 @@ async fn an_unusable_spec_does_not_stall_others_and_metrics_are_served() -> Resu
     env.apply_runtime("broken", json!({"nodeSelector": {"matchExpressions": [{"key": "a", "operator": "Sometimes", "values": ["b"]}]}})).await?;
     env.apply_runtime("fine", json!({})).await?;
     let broken = env
-        .wait_runtime("broken", "InvalidSpec", |rt| condition(rt, "Degraded").is_some_and(|(s, r, _)| s == "True" && r == "InvalidSpec"))
+        .wait_runtime("broken", "InvalidSpec", |rt| {
+            condition(rt, "Degraded").is_some_and(|(s, r, _)| s == "True" && r == "InvalidSpec")
+        })
         .await?;
-    assert!(condition(&broken, "Degraded").unwrap().2.contains("spec.nodeSelector"));
+    assert!(
+        condition(&broken, "Degraded")
+            .unwrap()
+            .2
+            .contains("spec.nodeSelector")
+    );
     env.wait_runtime("fine", "Ready", is_ready).await?;
 
     let url = env.metrics_url();
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
-        let out = std::process::Command::new("curl").args(["-sf", &url]).output()?;
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &url])
+            .output()?;
         Ok(String::from_utf8(out.stdout)?)
     })
     .await??;
     assert!(body.contains("wasm_operator_reconciles_total"), "{body}");
-    assert!(body.contains("wasm_operator_reconcile_failures_total{error=\"invalid_spec\"}"), "{body}");
-    assert!(body.contains("wasm_operator_nodes{runtime=\"fine\",state=\"provisioned\"} 1"), "{body}");
+    assert!(
+        body.contains("wasm_operator_reconcile_failures_total{error=\"invalid_spec\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("wasm_operator_nodes{runtime=\"fine\",state=\"provisioned\"} 1"),
+        "{body}"
+    );
     Ok(())
 }

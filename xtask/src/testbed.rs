@@ -144,7 +144,11 @@ fn go_build(build: &GoBuild) -> Result<()> {
 fn kwok_stages() -> Result<()> {
     let modcache = cmd::output(Command::new("go").args(["env", "GOMODCACHE"]))?;
     let base = Path::new(modcache.trim())
-        .join(format!("{}@{}", versions::KWOK_BUILD.module, versions::KWOK_BUILD.version))
+        .join(format!(
+            "{}@{}",
+            versions::KWOK_BUILD.module,
+            versions::KWOK_BUILD.version
+        ))
         .join("kustomize/stage");
     for (dirs, out) in [
         (versions::KWOK_NODE_STAGE_DIRS, paths::kwok_node_stages()),
@@ -155,7 +159,9 @@ fn kwok_stages() -> Result<()> {
             let mut files: Vec<_> = std::fs::read_dir(base.join(dir))
                 .with_context(|| format!("kwok stages in {}", base.join(dir).display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+                })
                 .collect();
             files.sort();
             for file in files {

@@ -169,7 +169,9 @@ fn rollback(
 ) -> Error {
     if !s.rollback {
         tracing::error!("install failed; automatic rollback is disabled");
-        return Error::NotRolledBack { failed: Box::new(failed) };
+        return Error::NotRolledBack {
+            failed: Box::new(failed),
+        };
     }
     tracing::error!("install failed, rolling back");
     match try_rollback(host, s, r, before) {

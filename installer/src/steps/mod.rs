@@ -79,7 +79,11 @@ pub struct GuestOptions {
 
 impl Default for GuestOptions {
     fn default() -> Self {
-        Self { network: "deny".into(), precompile: true, default_memory_limit_bytes: None }
+        Self {
+            network: "deny".into(),
+            precompile: true,
+            default_memory_limit_bytes: None,
+        }
     }
 }
 

@@ -32,21 +32,40 @@ pub struct Env {
 impl Env {
     /// A control plane with the CRD, the installer namespace and kwok nodes named `nodes`.
     pub async fn start(nodes: &[&str]) -> Result<Self> {
-        let stages = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kwok-pod-stages.yaml");
-        let options = ClusterOptions { kwok_pod_stages: Some(stages), ..ClusterOptions::full() };
+        let stages =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kwok-pod-stages.yaml");
+        let options = ClusterOptions {
+            kwok_pod_stages: Some(stages),
+            ..ClusterOptions::full()
+        };
         let cluster = TestCluster::start_with(options).await?;
         let client = cluster.client();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         let crd = wasm_operator::crdgen::crd()?;
-        crds.patch(WasmRuntime::crd_name(), &PatchParams::apply("test"), &Patch::Apply(&crd)).await?;
-        let established = await_condition(crds, WasmRuntime::crd_name(), conditions::is_crd_established());
+        crds.patch(
+            WasmRuntime::crd_name(),
+            &PatchParams::apply("test"),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(
+            crds,
+            WasmRuntime::crd_name(),
+            conditions::is_crd_established(),
+        );
         tokio::time::timeout(WAIT, established).await??;
         let ns: Namespace = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}
         }))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-        let env = Self { cluster, client, operator: None };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let env = Self {
+            cluster,
+            client,
+            operator: None,
+        };
         for node in nodes {
             env.add_node(node, &[]).await?;
         }
@@ -55,14 +74,19 @@ impl Env {
 
     /// A kwok node with extra labels.
     pub async fn add_node(&self, name: &str, labels: &[(&str, &str)]) -> Result<()> {
-        let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         all.insert("kubernetes.io/os".into(), "linux".into());
         all.insert("kubernetes.io/hostname".into(), name.into());
         let node: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": all},
         }))?;
-        Api::<Node>::all(self.client.clone()).create(&PostParams::default(), &node).await?;
+        Api::<Node>::all(self.client.clone())
+            .create(&PostParams::default(), &node)
+            .await?;
         Ok(())
     }
 
@@ -71,7 +95,13 @@ impl Env {
         let port = 20000 + (std::process::id() % 20000) as u16;
         let log = std::fs::File::create(self.cluster.dir().join("operator.log"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_wasm-operator"))
-            .args(["run", "--installer-namespace", NAMESPACE, "--installer-image", "wasm-installer:test"])
+            .args([
+                "run",
+                "--installer-namespace",
+                NAMESPACE,
+                "--installer-image",
+                "wasm-installer:test",
+            ])
             .arg(format!("--metrics-addr={}:{port}", self.cluster.address()))
             .args(extra)
             .env("KUBECONFIG", self.cluster.kubeconfig())
@@ -85,7 +115,11 @@ impl Env {
     }
 
     pub fn metrics_url(&self) -> String {
-        format!("http://{}:{}/metrics", self.cluster.address(), 20000 + (std::process::id() % 20000) as u16)
+        format!(
+            "http://{}:{}/metrics",
+            self.cluster.address(),
+            20000 + (std::process::id() % 20000) as u16
+        )
     }
 
     /// Kill the operator with SIGKILL (no chance to clean up).
@@ -106,13 +140,24 @@ impl Env {
 
     pub async fn apply_runtime(&self, name: &str, spec: Value) -> Result<()> {
         let obj = json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "metadata": {"name": name}, "spec": spec});
-        self.runtimes().patch(name, &PatchParams::apply("test").force(), &Patch::Apply(obj)).await?;
+        self.runtimes()
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(obj),
+            )
+            .await?;
         Ok(())
     }
 
     /// Wait until `check` holds for the named runtime; on timeout, fail with its last status
     /// and the operator log tail.
-    pub async fn wait_runtime(&self, name: &str, what: &str, check: impl Fn(&WasmRuntime) -> bool) -> Result<WasmRuntime> {
+    pub async fn wait_runtime(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&WasmRuntime) -> bool,
+    ) -> Result<WasmRuntime> {
         let started = Instant::now();
         loop {
             if let Some(rt) = self.runtimes().get_opt(name).await?
@@ -124,7 +169,11 @@ impl Env {
                 let rt = self.runtimes().get_opt(name).await?;
                 let log = self.operator_log();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                bail!("{name}: {what} not reached in {WAIT:?}; status: {:?}\noperator log:\n{}", rt.and_then(|r| r.status), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                bail!(
+                    "{name}: {what} not reached in {WAIT:?}; status: {:?}\noperator log:\n{}",
+                    rt.and_then(|r| r.status),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -133,11 +182,21 @@ impl Env {
     /// The value of our label on each node.
     pub async fn node_states(&self, runtime: &str) -> Result<BTreeMap<String, Option<String>>> {
         let key = format!("wasmruntime.dev/{runtime}");
-        let nodes = Api::<Node>::all(self.client.clone()).list(&Default::default()).await?;
-        Ok(nodes.items.into_iter().map(|n| {
-            let v = n.metadata.labels.as_ref().and_then(|l| l.get(&key).cloned());
-            (n.metadata.name.unwrap_or_default(), v)
-        }).collect())
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&Default::default())
+            .await?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .map(|n| {
+                let v = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(&key).cloned());
+                (n.metadata.name.unwrap_or_default(), v)
+            })
+            .collect())
     }
 
     /// Record every value our label takes on every node, from now on.
@@ -147,9 +206,15 @@ impl Env {
         let sink = history.clone();
         let nodes: Api<Node> = Api::all(self.client.clone());
         tokio::spawn(async move {
-            let mut stream = watcher(nodes, watcher::Config::default()).applied_objects().boxed();
+            let mut stream = watcher(nodes, watcher::Config::default())
+                .applied_objects()
+                .boxed();
             while let Some(Ok(node)) = stream.next().await {
-                let value = node.metadata.labels.as_ref().and_then(|l| l.get(&key).cloned());
+                let value = node
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(&key).cloned());
                 sink.push(node.metadata.name.unwrap_or_default(), value);
             }
         });
@@ -165,19 +230,32 @@ impl Drop for Env {
 
 /// Every distinct label value each node went through, in order.
 #[derive(Clone, Default)]
-pub struct LabelHistory(Arc<Mutex<Vec<(String, Option<String>)>>>);
+pub struct LabelHistory(Arc<Mutex<Vec<Observed>>>);
+
+/// A node and the value our label had.
+type Observed = (String, Option<String>);
 
 impl LabelHistory {
     fn push(&self, node: String, value: Option<String>) {
         let mut all = self.0.lock().unwrap();
-        let last = all.iter().rev().find(|(n, _)| *n == node).map(|(_, v)| v.clone());
+        let last = all
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == node)
+            .map(|(_, v)| v.clone());
         if last.as_ref() != Some(&value) {
             all.push((node, value));
         }
     }
 
     pub fn of(&self, node: &str) -> Vec<Option<String>> {
-        self.0.lock().unwrap().iter().filter(|(n, _)| n == node).map(|(_, v)| v.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// The most nodes that were `pending` at the same time.
@@ -186,14 +264,24 @@ impl LabelHistory {
         let mut max = 0;
         for (node, value) in self.0.lock().unwrap().iter() {
             current.insert(node.clone(), value.clone());
-            max = max.max(current.values().filter(|v| v.as_deref() == Some("pending")).count());
+            max = max.max(
+                current
+                    .values()
+                    .filter(|v| v.as_deref() == Some("pending"))
+                    .count(),
+            );
         }
         max
     }
 }
 
 pub fn condition(rt: &WasmRuntime, kind: &str) -> Option<(String, String, String)> {
-    rt.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    rt.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 pub fn is_ready(rt: &WasmRuntime) -> bool {
