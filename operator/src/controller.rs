@@ -46,6 +46,10 @@ pub struct Context {
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub pods: Store<Pod>,
     pub runtimes: Store<WasmRuntime>,
+    /// Hash of what we last applied, per object, so a reconcile does not re-send unchanged
+    /// objects (O(reconciles) writes otherwise). Cleared for a runtime whenever its
+    /// DaemonSets or RuntimeClass change, so drift is still repaired.
+    pub applied: Arc<Mutex<HashMap<String, u64>>>,
     /// Label values we wrote that the node cache may not show yet, per runtime and node.
     /// Planning on a cache older than our own writes would repeat transitions (the same
     /// "expectations" idea as the ReplicaSet controller's).
@@ -84,6 +88,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     .reflect(pod_writer)
     .applied_objects();
 
+    let applied: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let forget = applied.clone();
+    // A change to a child (ours or anyone's) must reach the API again on the next apply.
+    let child_changed = move |labels: &std::collections::BTreeMap<String, String>| {
+        let name = labels.get(resources::RUNTIME_LABEL)?;
+        let prefix = format!("{name}/");
+        forget.lock().expect("applied lock").retain(|key, _| !key.starts_with(&prefix));
+        Some(ObjectRef::<WasmRuntime>::new(name))
+    };
+    let child_changed_too = child_changed.clone();
     let controller = Controller::new(runtimes, watcher::Config::default());
     let runtime_store = controller.store();
     let all_runtimes = runtime_store.clone();
@@ -99,6 +113,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         nodes,
         pods,
         runtimes: runtime_store,
+        applied,
         expected: Mutex::default(),
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
@@ -113,9 +128,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         .watches(
             Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace),
             owned.clone(),
-            move |ds| by_runtime_label(ds.labels()),
+            move |ds| child_changed(ds.labels()),
         )
-        .owns(Api::<RuntimeClass>::all(client.clone()), owned)
+        .watches(Api::<RuntimeClass>::all(client.clone()), owned, move |rc| {
+            child_changed_too(rc.labels())
+        })
         // A node's labels matter to every runtime (selection and our state labels).
         .watches_stream(node_events, move |_| {
             all_runtimes
@@ -253,28 +270,14 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
-    let params = PatchParams::apply(MANAGER).force();
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
-    classes
-        .patch(
-            &runtime.handler(),
-            &params,
-            &Patch::Apply(resources::runtime_class(runtime)),
-        )
-        .await
-        .map_err(Error::kube("apply RuntimeClass"))?;
+    let class = resources::runtime_class(runtime);
+    apply_child(ctx, runtime, &classes, &runtime.handler(), class).await?;
     let daemonsets: Api<DaemonSet> =
         Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
     for role in [Role::Install, Role::Uninstall] {
         let ds = resources::daemonset(runtime, role, &ctx.settings);
-        daemonsets
-            .patch(
-                &resources::daemonset_name(runtime, role),
-                &params,
-                &Patch::Apply(ds),
-            )
-            .await
-            .map_err(Error::kube("apply DaemonSet"))?;
+        apply_child(ctx, runtime, &daemonsets, &resources::daemonset_name(runtime, role), ds).await?;
     }
     execute(runtime, ctx, &plan).await?;
     publish_status(runtime, ctx, &plan, false, None).await?;
@@ -332,6 +335,27 @@ async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::await_change())
 }
 
+/// Server-side apply of a child object, skipped when it is what we last applied.
+async fn apply_child<K>(ctx: &Context, runtime: &WasmRuntime, api: &Api<K>, name: &str, object: K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use std::hash::{Hash, Hasher};
+    let text = serde_json::to_string(&object).map_err(|e| Error::InvalidSpec(format!("rendering {name}: {e}")))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    let hash = hasher.finish();
+    let key = format!("{}/{}/{name}", runtime.name_any(), K::kind(&()));
+    if ctx.applied.lock().expect("applied lock").get(&key) == Some(&hash) {
+        return Ok(());
+    }
+    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(Error::kube("apply child object"))?;
+    ctx.applied.lock().expect("applied lock").insert(key, hash);
+    Ok(())
+}
+
 /// Carry out a plan: node labels, then old installer pods to replace.
 async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -358,20 +382,8 @@ async fn execute(runtime: &WasmRuntime, ctx: &Context, plan: &Plan) -> Result<()
         info!(node, from = ?from.map(NodeState::as_str), to = ?to.map(NodeState::as_str), reason, "node transition");
         ctx.metrics
             .node_transition(to.map_or("removed", NodeState::as_str));
-        match to {
-            Some(NodeState::Failed) => {
-                warn_event(ctx, runtime, "NodeFailed", &format!("{node}: {reason}")).await
-            }
-            Some(NodeState::Provisioned) => {
-                normal_event(
-                    ctx,
-                    runtime,
-                    "NodeProvisioned",
-                    &format!("{node}: {reason}"),
-                )
-                .await
-            }
-            _ => {}
+        if *to == Some(NodeState::Failed) {
+            warn_event(ctx, runtime, "NodeFailed", &format!("{node}: {reason}")).await;
         }
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
@@ -417,6 +429,12 @@ async fn publish_status(
     ctx.metrics.record_nodes(&runtime.name_any(), &plan.counts);
     if runtime.status.as_ref() == Some(&status) {
         return Ok(());
+    }
+    // One Normal Event per completed rollout, not one per node or per loop.
+    let was_ready = runtime.status.as_ref().and_then(|s| s.state) == Some(crate::api::RuntimeState::Ready);
+    if status.state == Some(crate::api::RuntimeState::Ready) && !was_ready {
+        let note = format!("{} node(s) provisioned with revision {}", plan.counts.provisioned, resources::revision(runtime, &ctx.settings));
+        normal_event(ctx, runtime, "RolloutComplete", &note).await;
     }
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
     let patch =

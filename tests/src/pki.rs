@@ -11,6 +11,9 @@ use rcgen::{
 
 use crate::Error;
 
+/// The user name of the operator identity.
+pub const OPERATOR_USER: &str = "wasm-operator";
+
 /// Paths of the PEM files written by [`write`].
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -20,6 +23,10 @@ pub struct Pki {
     pub serving_key: PathBuf,
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    /// A second client identity, user `wasm-operator` in group system:masters, so tests can
+    /// tell the operator's requests apart (e.g. in the audit log).
+    pub operator_cert: PathBuf,
+    pub operator_key: PathBuf,
     pub service_account_key: PathBuf,
     pub service_account_pub: PathBuf,
     /// The CA certificate as PEM.
@@ -71,6 +78,13 @@ pub fn write(dir: &Path, ips: &[IpAddr]) -> Result<Pki, Error> {
     let admin_key = KeyPair::generate()?;
     let admin_cert = admin.signed_by(&admin_key, &ca)?;
 
+    let mut operator = CertificateParams::new(Vec::<String>::new())?;
+    operator.distinguished_name.push(DnType::CommonName, OPERATOR_USER);
+    operator.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    operator.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let operator_key = KeyPair::generate()?;
+    let operator_cert = operator.signed_by(&operator_key, &ca)?;
+
     let sa_key = KeyPair::generate()?;
 
     let file = |name: &str, contents: &str| -> Result<PathBuf, Error> {
@@ -85,6 +99,8 @@ pub fn write(dir: &Path, ips: &[IpAddr]) -> Result<Pki, Error> {
         serving_key: file("apiserver.key", &serving_key.serialize_pem())?,
         admin_cert: file("admin.crt", &admin_cert.pem())?,
         admin_key: file("admin.key", &admin_key.serialize_pem())?,
+        operator_cert: file("operator.crt", &operator_cert.pem())?,
+        operator_key: file("operator.key", &operator_key.serialize_pem())?,
         service_account_key: file("sa.key", &sa_key.serialize_pem())?,
         service_account_pub: file("sa.pub", &sa_key.public_key_pem())?,
         ca_pem: ca.pem(),

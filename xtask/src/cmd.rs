@@ -57,3 +57,19 @@ pub fn workspace_root() -> &'static Path {
         .parent()
         .expect("xtask lives in the workspace")
 }
+
+/// Replace the part of a generated Markdown file between `<!-- <name>:start -->` and
+/// `<!-- <name>:end -->` (appended when missing), so each benchmark owns its section.
+pub fn update_doc_section(file: &str, name: &str, body: &str) -> Result<()> {
+    let path = workspace_root().join(file);
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
+    let section = format!("{start}\n{body}\n{end}");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{section}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: updated the {name} section of {file}");
+    Ok(())
+}

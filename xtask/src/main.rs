@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
+mod bench_operator;
 mod cmd;
 mod crdgen;
 mod testbed;
@@ -33,6 +34,20 @@ enum Command {
     /// Start the test bed's control plane, install the CRD, apply the sample WasmRuntime and
     /// show it. (Until the single-node cluster lands, this is the API demo.)
     Up,
+    /// Benchmarks; each writes its section of docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The operator against many kwok nodes: apply -> Ready, write requests, peak RSS.
+    Operator {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value = "10%")]
+        max_unavailable: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +57,14 @@ fn main() -> Result<()> {
         Command::Crdgen => crdgen::write(),
         Command::Test { nextest_args } => test(&nextest_args),
         Command::Up => up::run(),
+        Command::Bench(Bench::Operator { nodes, max_unavailable }) => {
+            testbed::install_all()?;
+            let params = bench_operator::Params { nodes, max_unavailable };
+            let figures = bench_operator::run(&params)?;
+            let section = bench_operator::report(&params, &figures);
+            println!("{section}");
+            cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
+        }
     }
 }
 

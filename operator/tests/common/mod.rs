@@ -104,7 +104,7 @@ impl Env {
             ])
             .arg(format!("--metrics-addr={}:{port}", self.cluster.address()))
             .args(extra)
-            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("KUBECONFIG", self.cluster.operator_kubeconfig())
             .env("RUST_LOG", "info,wasm_operator=debug")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
