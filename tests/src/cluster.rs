@@ -41,6 +41,9 @@ pub struct ClusterOptions {
     pub kwok: bool,
     /// kwok pod stages to use instead of kwok's "fast" ones (a file of `Stage` documents).
     pub kwok_pod_stages: Option<PathBuf>,
+    /// Write an audit log of every write made by the operator identity (see
+    /// [`TestCluster::operator_kubeconfig`]) to `audit.log` in the cluster dir.
+    pub audit_operator_writes: bool,
 }
 
 impl ClusterOptions {
@@ -51,6 +54,7 @@ impl ClusterOptions {
             scheduler: true,
             kwok: true,
             kwok_pod_stages: None,
+            audit_operator_writes: false,
         }
     }
 }
@@ -84,8 +88,11 @@ impl TestCluster {
         let address = free_loopback_address()?;
         let pki = pki::write(&path.join("pki"), &[IpAddr::V4(address), service_ip()])?;
         let kubeconfig = path.join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(address, &pki))
-            .map_err(|e| Error::io(&kubeconfig, e))?;
+        let yaml = kubeconfig_yaml(address, &pki.ca_cert, &pki.admin_cert, &pki.admin_key);
+        std::fs::write(&kubeconfig, yaml).map_err(|e| Error::io(&kubeconfig, e))?;
+        let operator = path.join("operator.kubeconfig");
+        let yaml = kubeconfig_yaml(address, &pki.ca_cert, &pki.operator_cert, &pki.operator_key);
+        std::fs::write(&operator, yaml).map_err(|e| Error::io(&operator, e))?;
         let client = client_for(&kubeconfig).await?;
 
         let mut cluster = Self {
@@ -103,11 +110,11 @@ impl TestCluster {
             cluster.etcd_args(),
         )?;
         cluster.wait_tcp(ETCD_CLIENT_PORT).await?;
-        cluster.launch(
-            "kube-apiserver",
-            paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"),
-            cluster.apiserver_args(),
-        )?;
+        let mut apiserver_args = cluster.apiserver_args();
+        if options.audit_operator_writes {
+            apiserver_args.extend(cluster.audit_args()?);
+        }
+        cluster.launch("kube-apiserver", paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"), apiserver_args)?;
         cluster.wait_readyz().await?;
         if options.controller_manager {
             let args = cluster.controller_manager_args();
@@ -128,7 +135,10 @@ impl TestCluster {
             cluster.wait_tcp(SCHEDULER_PORT).await?;
         }
         if options.kwok {
-            let pod_stages = options.kwok_pod_stages.clone().unwrap_or_else(paths::kwok_pod_stages);
+            let pod_stages = options
+                .kwok_pod_stages
+                .clone()
+                .unwrap_or_else(paths::kwok_pod_stages);
             let args = cluster.kwok_args(&pod_stages);
             cluster.launch("kwok", paths::go_bin(&KWOK_BUILD, "kwok"), args)?;
             cluster.wait_tcp(KWOK_PORT).await?;
@@ -144,6 +154,17 @@ impl TestCluster {
     /// The admin kubeconfig file (certificate paths inside the cluster's temp dir).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A kubeconfig for user `wasm-operator` (group system:masters): run the operator with it
+    /// to tell its requests from the test's own.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.path.join("operator.kubeconfig")
+    }
+
+    /// The audit log written with [`ClusterOptions::audit_operator_writes`].
+    pub fn audit_log(&self) -> PathBuf {
+        self.path.join("audit.log")
     }
 
     /// `kubectl --kubeconfig <admin>` from the test bed, ready for more arguments.
@@ -239,6 +260,24 @@ impl TestCluster {
             // The `kubernetes` Service endpoint may not be a loopback address; no test needs it.
             "--endpoint-reconciler-type=none".into(),
         ]
+    }
+
+    /// Log (metadata only) every mutating request of the operator identity.
+    fn audit_args(&self) -> Result<Vec<String>, Error> {
+        let policy = self.path.join("audit-policy.yaml");
+        let text = format!(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  users: [{}]\n  verbs: [create, update, patch, delete, deletecollection]\n\
+             - level: None\n",
+            crate::pki::OPERATOR_USER
+        );
+        std::fs::write(&policy, text).map_err(|e| Error::io(&policy, e))?;
+        Ok(vec![
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", self.audit_log().display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+        ])
     }
 
     fn controller_manager_args(&self) -> Vec<String> {
@@ -385,7 +424,7 @@ fn free_loopback_address() -> Result<Ipv4Addr, Error> {
     Err(Error::NoAddress)
 }
 
-fn kubeconfig_yaml(address: Ipv4Addr, pki: &Pki) -> String {
+fn kubeconfig_yaml(address: Ipv4Addr, ca: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -406,9 +445,9 @@ contexts:
     user: admin
 current-context: testbed
 ",
-        ca = pki.ca_cert.display(),
-        cert = pki.admin_cert.display(),
-        key = pki.admin_key.display(),
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
     )
 }
 
