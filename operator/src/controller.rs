@@ -94,7 +94,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     let child_changed = move |labels: &std::collections::BTreeMap<String, String>| {
         let name = labels.get(resources::RUNTIME_LABEL)?;
         let prefix = format!("{name}/");
-        forget.lock().expect("applied lock").retain(|key, _| !key.starts_with(&prefix));
+        forget
+            .lock()
+            .expect("applied lock")
+            .retain(|key, _| !key.starts_with(&prefix));
         Some(ObjectRef::<WasmRuntime>::new(name))
     };
     let child_changed_too = child_changed.clone();
@@ -181,12 +184,7 @@ fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> 
 }
 
 /// Everything the planner needs, read from the caches.
-fn observe_plan(
-    runtime: &WasmRuntime,
-    ctx: &Context,
-    deleting: bool,
-    settings: &Settings,
-) -> Result<(Plan, String), Error> {
+fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool) -> Result<Plan, Error> {
     let nodes = ctx.nodes.state();
     let empty = Default::default();
     let labels: Vec<NodeLabels<'_>> = nodes
@@ -200,16 +198,15 @@ fn observe_plan(
     let by_node = observe::pods_by_node(&runtime.name_any(), pods.iter().map(|p| &**p));
     let views = observe::node_views(runtime, &labels, &by_node, deleting, Timestamp::now())?;
     let selected = views.iter().filter(|v| v.selected).count();
-    let revision = resources::revision(runtime, settings);
     let rollout = Rollout {
-        revision: revision.clone(),
+        revision: resources::revision(runtime, &ctx.settings),
         max_unavailable: planner::resolve_max_unavailable(
             &runtime.spec.rollout.max_unavailable,
             selected,
         ),
         verify_timeout_seconds: i64::from(runtime.spec.rollout.verify_timeout_seconds),
     };
-    Ok((planner::plan(&views, &rollout), revision))
+    Ok(planner::plan(&views, &rollout))
 }
 
 /// Whether the node cache shows every label this runtime wrote recently.
@@ -219,18 +216,14 @@ fn cache_caught_up(runtime: &WasmRuntime, ctx: &Context) -> bool {
         return true;
     };
     let key = runtime.node_label_key();
-    let store = ctx.nodes.state();
     nodes.retain(|node, (value, since)| {
-        let seen = store
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-            .map(|n| {
-                n.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(&key))
-                    .and_then(|v| NodeState::parse(v))
-            });
+        let seen = ctx.nodes.get(&ObjectRef::new(node)).map(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(&key))
+                .and_then(|v| NodeState::parse(v))
+        });
         // Keep waiting while the cache shows something else, but not forever: someone else
         // may have changed the label since.
         seen != Some(*value) && since.elapsed() < EXPECTATION_TIMEOUT
@@ -243,7 +236,7 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     if let Some(conflict) = handler_conflict(runtime, ctx).await? {
-        let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
+        let plan = observe_plan(runtime, ctx, false)?;
         publish_status(
             runtime,
             ctx,
@@ -255,7 +248,7 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
         warn_event(ctx, runtime, "HandlerConflict", &conflict).await;
         return Ok(Action::requeue(STEADY_REQUEUE));
     }
-    let (plan, _revision) = match observe_plan(runtime, ctx, false, &ctx.settings) {
+    let plan = match observe_plan(runtime, ctx, false) {
         Ok(plan) => plan,
         Err(Error::InvalidSpec(msg)) => {
             publish_status(
@@ -277,7 +270,14 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
         Api::namespaced(ctx.client.clone(), &ctx.settings.installer_namespace);
     for role in [Role::Install, Role::Uninstall] {
         let ds = resources::daemonset(runtime, role, &ctx.settings);
-        apply_child(ctx, runtime, &daemonsets, &resources::daemonset_name(runtime, role), ds).await?;
+        apply_child(
+            ctx,
+            runtime,
+            &daemonsets,
+            &resources::daemonset_name(runtime, role),
+            ds,
+        )
+        .await?;
     }
     execute(runtime, ctx, &plan).await?;
     publish_status(runtime, ctx, &plan, false, None).await?;
@@ -300,12 +300,12 @@ async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> 
             runtime.handler(),
             users.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         );
-        let (plan, _) = observe_plan(runtime, ctx, false, &ctx.settings)?;
+        let plan = observe_plan(runtime, ctx, false)?;
         publish_status(runtime, ctx, &plan, true, Some(Blocker::InUse(msg.clone()))).await?;
         warn_event(ctx, runtime, "DeletionBlocked", &msg).await;
         return Err(Error::DeletionBlocked(msg));
     }
-    let (plan, _) = observe_plan(runtime, ctx, true, &ctx.settings)?;
+    let plan = observe_plan(runtime, ctx, true)?;
     execute(runtime, ctx, &plan).await?;
     let c = &plan.counts;
     if c.pending + c.provisioned + c.failed + c.uninstalling > 0 {
@@ -336,12 +336,23 @@ async fn cleanup(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// Server-side apply of a child object, skipped when it is what we last applied.
-async fn apply_child<K>(ctx: &Context, runtime: &WasmRuntime, api: &Api<K>, name: &str, object: K) -> Result<(), Error>
+async fn apply_child<K>(
+    ctx: &Context,
+    runtime: &WasmRuntime,
+    api: &Api<K>,
+    name: &str,
+    object: K,
+) -> Result<(), Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     use std::hash::{Hash, Hasher};
-    let text = serde_json::to_string(&object).map_err(|e| Error::InvalidSpec(format!("rendering {name}: {e}")))?;
+    let text = serde_json::to_string(&object)
+        .map_err(|e| Error::InvalidSpec(format!("rendering {name}: {e}")))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut hasher);
     let hash = hasher.finish();
@@ -349,9 +360,13 @@ where
     if ctx.applied.lock().expect("applied lock").get(&key) == Some(&hash) {
         return Ok(());
     }
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
-        .await
-        .map_err(Error::kube("apply child object"))?;
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(Error::kube("apply child object"))?;
     ctx.applied.lock().expect("applied lock").insert(key, hash);
     Ok(())
 }
@@ -431,9 +446,14 @@ async fn publish_status(
         return Ok(());
     }
     // One Normal Event per completed rollout, not one per node or per loop.
-    let was_ready = runtime.status.as_ref().and_then(|s| s.state) == Some(crate::api::RuntimeState::Ready);
+    let was_ready =
+        runtime.status.as_ref().and_then(|s| s.state) == Some(crate::api::RuntimeState::Ready);
     if status.state == Some(crate::api::RuntimeState::Ready) && !was_ready {
-        let note = format!("{} node(s) provisioned with revision {}", plan.counts.provisioned, resources::revision(runtime, &ctx.settings));
+        let note = format!(
+            "{} node(s) provisioned with revision {}",
+            plan.counts.provisioned,
+            resources::revision(runtime, &ctx.settings)
+        );
         normal_event(ctx, runtime, "RolloutComplete", &note).await;
     }
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());

@@ -213,7 +213,7 @@ impl StopHandle {
         *self.requested.borrow()
     }
 
-    async fn requested(&self) {
+    pub(crate) async fn requested(&self) {
         let mut rx = self.requested.subscribe();
         // Err only if the sender is gone, and we hold it.
         let _ = rx.wait_for(|r| *r).await;
@@ -392,19 +392,20 @@ impl WasmEngine {
     ) -> Result<Outcome, Error> {
         let exports = self.component_exports(component);
         if !exports.iter().any(|e| e.starts_with("wasi:cli/run@")) {
-            let reason = if exports
+            if exports
                 .iter()
-                .any(|e| e.starts_with("wasi:http/incoming-handler@"))
+                .any(|e| e.starts_with(crate::http::INCOMING_HANDLER))
             {
-                "wasi:http/incoming-handler components are not served by this shim yet; \
-                 only components exporting wasi:cli/run are"
-                    .to_string()
-            } else {
-                format!("the component exports none of wasi:cli/run (exports: {exports:?})")
-            };
+                let port = crate::http::port_from_env(&cfg.env)?;
+                let listener = crate::http::bind(port).await?;
+                return crate::http::serve(self, component, cfg, stop, listener).await;
+            }
             return Err(Error::Unsupported {
                 origin: "the component".to_string(),
-                reason,
+                reason: format!(
+                    "the component exports neither wasi:cli/run nor \
+                     wasi:http/incoming-handler (exports: {exports:?})"
+                ),
             });
         }
 
@@ -461,7 +462,7 @@ impl WasiView for ComponentState {
     }
 }
 
-fn wasi_builder(cfg: &RunConfig) -> Result<WasiCtxBuilder, Error> {
+pub(crate) fn wasi_builder(cfg: &RunConfig) -> Result<WasiCtxBuilder, Error> {
     let mut b = WasiCtxBuilder::new();
     b.args(&cfg.args).envs(&cfg.env);
     match &cfg.stdio {

@@ -80,6 +80,13 @@ pub enum Error {
     )]
     MemoryLimitExceeded { limit: u64, requested: u64 },
 
+    #[error("listening on port {port} for wasi:http requests")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("guest stopped on request (SIGTERM)")]
     Stopped,
 }

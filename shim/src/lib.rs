@@ -7,6 +7,7 @@
 //! - [`engine`]: compile and run one guest (core module or component) with WASI, memory
 //!   limits and epoch-based stopping. Everything `run_wasi` does goes through it, so its
 //!   tests exercise the production path.
+//! - [`http`]: serves components exporting `wasi:http/incoming-handler`.
 //! - [`mounts`], [`limits`]: what the guest may see (preopens) and how much memory it may
 //!   use, derived from the container's own `/proc/self/{mountinfo,cgroup}`.
 //! - [`cache`]: precompiled-module cache (file cache for rootfs modules, [`Compiler`] for OCI
@@ -17,6 +18,7 @@
 
 pub mod cache;
 pub mod engine;
+pub mod http;
 pub mod limits;
 pub mod mounts;
 pub mod shim;

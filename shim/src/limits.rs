@@ -14,7 +14,12 @@
 //! The cap covers guest linear memory only; the engine's own memory (compiled code,
 //! tables, stacks) stays under the kernel's cgroup limit, which remains the backstop.
 
+use std::io::Read as _;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::error::Error;
 use crate::mounts::{MountEntry, parse_mountinfo};
@@ -109,18 +114,103 @@ fn join_cgroup(mount: &MountEntry, cgroup_path: &str) -> PathBuf {
     mount.mount_point.join(rel)
 }
 
-/// The current process's cgroup memory limit, if one is set and visible.
+/// The host's memory cgroup hierarchy, opened by `main` before the zygote forks (see
+/// [`open_host_cgroups`]): `(dir fd, true if cgroup v1)`.
+static HOST_CGROUP: Mutex<Option<(OwnedFd, bool)>> = Mutex::new(None);
+
+/// Opens the host's memory cgroup hierarchy (v1 `memory` controller, else cgroup2) so
+/// container inits inherit it. Needed because a container without a cgroup namespace
+/// (containerd + youki on cgroup v1) gets no cgroupfs mount at all: its
+/// `/proc/self/cgroup` names the host path, which only this fd can reach. Same life
+/// cycle as the cache fd ([`crate::cache`]): taken and closed before the guest starts.
+pub fn open_host_cgroups() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mounts = parse_mountinfo(&text);
+    let v1 = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "memory"));
+    let found = v1.map(|m| (m, true)).or_else(|| {
+        mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| (m, false))
+    });
+    let Some((mount, is_v1)) = found else { return };
+    match rustix::fs::open(
+        &mount.mount_point,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => *HOST_CGROUP.lock().unwrap_or_else(|p| p.into_inner()) = Some((fd, is_v1)),
+        Err(e) => tracing::warn!(error = %e, "cannot open the host cgroup hierarchy"),
+    }
+}
+
+/// Reads `<cgroup>/<file>` through the inherited host hierarchy fd.
+fn read_via_host(dir: &OwnedFd, proc_cgroup: &str, v1: bool, file: &str) -> Option<String> {
+    let path = proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = if v1 {
+            controllers.split(',').any(|c| c == "memory")
+        } else {
+            controllers.is_empty()
+        };
+        wanted.then_some(path)
+    })?;
+    let rel = format!("{}/{file}", path.trim_matches('/'));
+    let rel = rel.trim_start_matches('/');
+    let fd = rustix::fs::openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Headroom left below the cgroup limit for the engine itself, so that the limiter's trap
+/// (a clean 137 with a reason) comes before the kernel's OOM kill.
+const ENGINE_HEADROOM: u64 = 4 << 20;
+
+/// The guest's memory budget: the cgroup memory limit minus what the container already
+/// uses (the shim's own code, compiled module, runtime) and some headroom; `None`
+/// without a limit. Found through the container's cgroupfs mount if it has one, else
+/// through the host hierarchy opened by [`open_host_cgroups`].
 pub fn container_memory_limit() -> Option<u64> {
+    let inherited = HOST_CGROUP.lock().unwrap_or_else(|p| p.into_inner()).take();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let file = memory_limit_file(&cgroup, &parse_mountinfo(&mountinfo))?;
-    match std::fs::read_to_string(&file) {
-        Ok(text) => parse_limit(&text),
-        Err(e) => {
-            tracing::warn!(file = %file.display(), error = %e, "cannot read the memory limit");
-            None
+    let (limit, usage) = match memory_limit_file(&cgroup, &parse_mountinfo(&mountinfo)) {
+        Some(file) => {
+            let usage_name = if file.ends_with("memory.max") {
+                "memory.current"
+            } else {
+                "memory.usage_in_bytes"
+            };
+            let usage = file.with_file_name(usage_name);
+            (
+                std::fs::read_to_string(&file).ok(),
+                std::fs::read_to_string(usage).ok(),
+            )
         }
-    }
+        None => {
+            let (dir, v1) = inherited.as_ref()?;
+            let (limit, usage) = if *v1 {
+                ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            } else {
+                ("memory.max", "memory.current")
+            };
+            (
+                read_via_host(dir, &cgroup, *v1, limit),
+                read_via_host(dir, &cgroup, *v1, usage),
+            )
+        }
+    };
+    let limit = parse_limit(&limit?)?;
+    let used = usage.as_deref().and_then(parse_limit).unwrap_or(0);
+    let budget = limit.saturating_sub(used.saturating_add(ENGINE_HEADROOM));
+    tracing::info!(limit, used, budget, "container memory limit");
+    Some(budget)
 }
 
 #[cfg(test)]

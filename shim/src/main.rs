@@ -59,5 +59,6 @@ fn main() {
         return;
     }
     cache::open_for_containers();
+    containerd_shim_wasmtime::limits::open_host_cgroups();
     WasmtimeShim::run(None);
 }

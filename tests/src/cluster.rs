@@ -114,7 +114,11 @@ impl TestCluster {
         if options.audit_operator_writes {
             apiserver_args.extend(cluster.audit_args()?);
         }
-        cluster.launch("kube-apiserver", paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"), apiserver_args)?;
+        cluster.launch(
+            "kube-apiserver",
+            paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"),
+            apiserver_args,
+        )?;
         cluster.wait_readyz().await?;
         if options.controller_manager {
             let args = cluster.controller_manager_args();

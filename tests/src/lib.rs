@@ -1,6 +1,8 @@
 //! The project's test bed: pinned versions and cache paths of the real parts (used by
 //! `cargo xtask testbed`), and [`TestCluster`], which starts a real etcd + kube-apiserver (and on request controller-manager, scheduler and kwok) for a test.
 
+pub mod containerd;
+pub mod oci;
 pub mod paths;
 pub mod versions;
 

@@ -79,8 +79,12 @@ pub fn write(dir: &Path, ips: &[IpAddr]) -> Result<Pki, Error> {
     let admin_cert = admin.signed_by(&admin_key, &ca)?;
 
     let mut operator = CertificateParams::new(Vec::<String>::new())?;
-    operator.distinguished_name.push(DnType::CommonName, OPERATOR_USER);
-    operator.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    operator
+        .distinguished_name
+        .push(DnType::CommonName, OPERATOR_USER);
+    operator
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
     operator.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let operator_key = KeyPair::generate()?;
     let operator_cert = operator.signed_by(&operator_key, &ca)?;

@@ -205,6 +205,14 @@ pub const APT_PACKAGES: &[&str] = &[
     "conntrack",
     "socat",
     "lua5.4",
+    // Test programs built from C for WASI (shim tests and benchmarks).
+    "clang",
+    "lld",
+    "wasi-libc",
+    "libclang-rt-dev-wasm32",
+    // Native baselines and load generator for `cargo xtask bench shim`.
+    "busybox-static",
+    "wrk",
 ];
 
 /// cargo-nextest, the test runner.

@@ -30,30 +30,60 @@ pub fn run(params: &Params) -> Result<Figures> {
     cmd::cargo(&["build", "--release", "--locked", "-p", "wasm-operator"])?;
     let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
     let operator = std::path::Path::new(&target).join("release/wasm-operator");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(measure(params, &operator))
 }
 
 async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures> {
     let root = cmd::workspace_root();
     let stages = root.join("operator/tests/fixtures/kwok-pod-stages.yaml");
-    let options = ClusterOptions { kwok_pod_stages: Some(stages), audit_operator_writes: true, ..ClusterOptions::full() };
+    let options = ClusterOptions {
+        kwok_pod_stages: Some(stages),
+        audit_operator_writes: true,
+        ..ClusterOptions::full()
+    };
     let cluster = TestCluster::start_with(options).await?;
     let kubectl = |args: &[&str]| cmd::output(cluster.kubectl().args(args).current_dir(root));
-    kubectl(&["apply", "--server-side", "-f", "crds/wasmruntime.dev_wasmruntimes.yaml"])?;
-    kubectl(&["wait", "--for=condition=Established", "crd/wasmruntimes.wasmruntime.dev"])?;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        "crds/wasmruntime.dev_wasmruntimes.yaml",
+    ])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/wasmruntimes.wasmruntime.dev",
+    ])?;
     kubectl(&["create", "namespace", "wasm-installers"])?;
 
     let nodes_file = cluster.dir().join("nodes.yaml");
     std::fs::write(&nodes_file, nodes_yaml(params.nodes))?;
     let started = Instant::now();
-    kubectl(&["apply", "--server-side", "-f", &nodes_file.display().to_string()])?;
-    eprintln!("bench: {} kwok nodes created in {:.1?}", params.nodes, started.elapsed());
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &nodes_file.display().to_string(),
+    ])?;
+    eprintln!(
+        "bench: {} kwok nodes created in {:.1?}",
+        params.nodes,
+        started.elapsed()
+    );
 
     let log = std::fs::File::create(cluster.dir().join("operator.log"))?;
     let metrics_addr = format!("{}:18080", cluster.address());
     let mut child = Command::new(operator)
-        .args(["run", "--installer-namespace", "wasm-installers", "--installer-image", "wasm-installer:bench"])
+        .args([
+            "run",
+            "--installer-namespace",
+            "wasm-installers",
+            "--installer-image",
+            "wasm-installer:bench",
+        ])
         .arg(format!("--metrics-addr={metrics_addr}"))
         .env("KUBECONFIG", cluster.operator_kubeconfig())
         .env("RUST_LOG", "warn")
@@ -72,7 +102,12 @@ async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures>
         ),
     )?;
     let started = Instant::now();
-    kubectl(&["apply", "--server-side", "-f", &runtime_file.display().to_string()])?;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &runtime_file.display().to_string(),
+    ])?;
     let result = wait_ready(&kubectl, started).await;
     let ready_after = started.elapsed();
     let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
@@ -80,13 +115,19 @@ async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures>
     let _ = child.kill();
     let _ = child.wait();
     result?;
-    Ok(Figures { ready_after, writes: count_writes(&cluster.audit_log())?, peak_rss_kib, reconciles })
+    Ok(Figures {
+        ready_after,
+        writes: count_writes(&cluster.audit_log())?,
+        peak_rss_kib,
+        reconciles,
+    })
 }
 
 async fn wait_ready(kubectl: &impl Fn(&[&str]) -> Result<String>, started: Instant) -> Result<()> {
     let mut last = String::new();
     loop {
-        let jsonpath = "{.status.ready} {.status.state} {.status.observedGeneration} {.metadata.generation}";
+        let jsonpath =
+            "{.status.ready} {.status.state} {.status.observedGeneration} {.metadata.generation}";
         let out = kubectl(&["get", "wrt", "bench", "-o", &format!("jsonpath={jsonpath}")])?;
         let parts: Vec<&str> = out.split_whitespace().collect();
         if parts.len() == 4 && parts[1] == "Ready" && parts[2] == parts[3] {
@@ -123,7 +164,8 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// Mutating requests of the operator, by verb and resource, from the JSON audit log.
 fn count_writes(audit: &std::path::Path) -> Result<BTreeMap<String, usize>> {
-    let text = std::fs::read_to_string(audit).with_context(|| format!("reading {}", audit.display()))?;
+    let text =
+        std::fs::read_to_string(audit).with_context(|| format!("reading {}", audit.display()))?;
     let mut counts = BTreeMap::new();
     for line in text.lines() {
         let event: serde_json::Value = serde_json::from_str(line)?;
@@ -131,7 +173,10 @@ fn count_writes(audit: &std::path::Path) -> Result<BTreeMap<String, usize>> {
             continue;
         }
         let resource = event["objectRef"]["resource"].as_str().unwrap_or("?");
-        let sub = event["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default();
+        let sub = event["objectRef"]["subresource"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
         let verb = event["verb"].as_str().unwrap_or("?");
         *counts.entry(format!("{verb} {resource}{sub}")).or_default() += 1;
     }
@@ -140,10 +185,17 @@ fn count_writes(audit: &std::path::Path) -> Result<BTreeMap<String, usize>> {
 
 /// One counter from the operator's /metrics (curl keeps xtask free of an HTTP client).
 fn scrape(addr: &str, name: &str) -> Option<u64> {
-    let out = Command::new("curl").args(["-sf", &format!("http://{addr}/metrics")]).output().ok()?;
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     let line = text.lines().find(|l| l.starts_with(name))?;
-    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|v| v as u64)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
 }
 
 /// The Markdown section for docs/benchmarks.md.

@@ -63,7 +63,10 @@ pub fn workspace_root() -> &'static Path {
 pub fn update_doc_section(file: &str, name: &str, body: &str) -> Result<()> {
     let path = workspace_root().join(file);
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
+    let (start, end) = (
+        format!("<!-- {name}:start -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let section = format!("{start}\n{body}\n{end}");
     let new = match (old.find(&start), old.find(&end)) {
         (Some(a), Some(b)) if b > a => format!("{}{section}{}", &old[..a], &old[b + end.len()..]),

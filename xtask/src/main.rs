@@ -1,8 +1,10 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
+mod bench;
 mod bench_operator;
 mod cmd;
 mod crdgen;
+mod docs;
 mod testbed;
 mod up;
 
@@ -25,6 +27,8 @@ enum Command {
     Testbed,
     /// Regenerate crds/ from the Rust API types.
     Crdgen,
+    /// Regenerate the chart's README.md (from values.yaml) and docs/reference.md (from the CRD).
+    Docs,
     /// The whole test suite: test bed, rustfmt, clippy, then every test with nextest.
     Test {
         /// Extra arguments for `cargo nextest run` (e.g. a test name filter).
@@ -48,6 +52,9 @@ enum Bench {
         #[arg(long, default_value = "10%")]
         max_unavailable: String,
     },
+    /// The Wasm shim on containerd 2.x: `ctr run` cold start vs runc (with/without the
+    /// module cache), idle memory per container, wasi:http vs `wasmtime serve`.
+    Shim,
 }
 
 fn main() -> Result<()> {
@@ -55,16 +62,24 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Testbed => testbed::install_all(),
         Command::Crdgen => crdgen::write(),
+        Command::Docs => docs::write(),
         Command::Test { nextest_args } => test(&nextest_args),
         Command::Up => up::run(),
-        Command::Bench(Bench::Operator { nodes, max_unavailable }) => {
+        Command::Bench(Bench::Operator {
+            nodes,
+            max_unavailable,
+        }) => {
             testbed::install_all()?;
-            let params = bench_operator::Params { nodes, max_unavailable };
+            let params = bench_operator::Params {
+                nodes,
+                max_unavailable,
+            };
             let figures = bench_operator::run(&params)?;
             let section = bench_operator::report(&params, &figures);
             println!("{section}");
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
+        Command::Bench(Bench::Shim) => bench::shim(),
     }
 }
 

@@ -1,0 +1,244 @@
+//! Serves a component exporting `wasi:http/incoming-handler` over HTTP/1.1: one fresh
+//! instance per request (what `wasmtime serve` does), on the container's port.
+//!
+//! The port is `WASMRUNTIME_HTTP_PORT` from the container env, else 8080, on all addresses
+//! of the container's network namespace (a pod's, or the host's with `ctr run --net-host`).
+//! Listening is always allowed; outgoing `wasi:http` requests and `wasi:sockets` follow the
+//! container's [`NetworkPolicy`].
+//!
+//! Shutdown: when the [`StopHandle`] fires (SIGTERM) the listener closes, idle keep-alive
+//! connections are closed, in-flight requests may finish; [`WasmEngine::run`] abandons
+//! whatever is still running after [`crate::engine::STOP_GRACE`]. The outcome is
+//! [`Outcome::Stopped`] either way (exit 143, like a native server ended by SIGTERM).
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use tokio::net::TcpListener;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::engine::{NetworkPolicy, Outcome, RunConfig, StopHandle, WasmEngine, wasi_builder};
+use crate::error::Error;
+use crate::limits::MemoryLimiter;
+
+/// Container env variable naming the port to listen on.
+pub const HTTP_PORT_ENV: &str = "WASMRUNTIME_HTTP_PORT";
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// The export that makes a component an HTTP handler (any 0.2.x).
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+/// The port from the container env, or the default.
+pub fn port_from_env(env: &[(String, String)]) -> Result<u16, Error> {
+    match env.iter().rev().find(|(k, _)| k == HTTP_PORT_ENV) {
+        None => Ok(DEFAULT_HTTP_PORT),
+        Some((_, v)) => v.parse().map_err(|_| Error::Unsupported {
+            origin: HTTP_PORT_ENV.to_string(),
+            reason: format!("{v:?} is not a TCP port number"),
+        }),
+    }
+}
+
+/// Binds the container's HTTP port on every address (IPv6 socket that also takes IPv4,
+/// falling back to IPv4 only where IPv6 is off).
+pub async fn bind(port: u16) -> Result<TcpListener, Error> {
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match TcpListener::bind(v6).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+            .await
+            .map_err(|e| Error::Listen { port, source: e }),
+    }
+}
+
+struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    hooks: Hooks,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Default hooks, except that outgoing requests are refused (as an unsupported scheme)
+/// unless the network is allowed.
+struct Hooks {
+    network: NetworkPolicy,
+}
+
+impl WasiHttpHooks for Hooks {
+    fn is_supported_scheme(&mut self, scheme: &http::uri::Scheme) -> bool {
+        self.network == NetworkPolicy::Allow
+            && (*scheme == http::uri::Scheme::HTTP || *scheme == http::uri::Scheme::HTTPS)
+    }
+}
+
+struct Server {
+    pre: ProxyPre<RequestState>,
+    cfg: RunConfig,
+}
+
+impl Server {
+    async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, std::io::Error> {
+        // hyper needs a concrete error type here; the reason is logged and the client
+        // sees the connection fail, as with `wasmtime serve`.
+        let fail = |why: String| {
+            tracing::warn!(error = %why, "request failed");
+            std::io::Error::other(why)
+        };
+        let state = RequestState {
+            wasi: wasi_builder(&self.cfg)
+                .map_err(|e| fail(e.to_string()))?
+                .build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.cfg.memory_limit),
+            hooks: Hooks {
+                network: self.cfg.network,
+            },
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        // In-flight requests are not interrupted by a stop request (they get the grace
+        // period instead), so the epoch callback only keeps them going.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let pre = self.pre.clone();
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(store, req, out)
+                .await
+        });
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(fail(format!("guest answered with error {code:?}"))),
+            Err(_) => {
+                let why = match task.await {
+                    Ok(Ok(())) => "the guest returned without setting a response".to_string(),
+                    Ok(Err(e)) => format!("{e:?}"),
+                    Err(e) => e.to_string(),
+                };
+                Err(fail(why))
+            }
+        }
+    }
+}
+
+/// Serves until `stop` fires; see the module docs.
+pub async fn serve(
+    engine: &WasmEngine,
+    component: &Component,
+    cfg: &RunConfig,
+    stop: &StopHandle,
+    listener: TcpListener,
+) -> Result<Outcome, Error> {
+    let mut linker = Linker::<RequestState>::new(engine.inner());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| Error::Instantiate(e.into()))?;
+    let pre = linker
+        .instantiate_pre(component)
+        .and_then(ProxyPre::new)
+        .map_err(|e| Error::Instantiate(e.into()))?;
+    let server = Arc::new(Server {
+        pre,
+        cfg: cfg.clone(),
+    });
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving wasi:http");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (socket, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = stop.requested() => break,
+        };
+        let server = server.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { server.handle(req).await }
+            });
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(socket), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => drop(res),
+                () = stop.requested() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(Outcome::Stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_comes_from_env_or_defaults() {
+        assert_eq!(port_from_env(&[]).unwrap(), 8080);
+        let env = vec![(HTTP_PORT_ENV.to_string(), "9000".to_string())];
+        assert_eq!(port_from_env(&env).unwrap(), 9000);
+        let bad = vec![(HTTP_PORT_ENV.to_string(), "http".to_string())];
+        assert!(
+            port_from_env(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("http")
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! What the guest can reach (mounts with their own modes, nothing else), the memory limit
+//! and SIGTERM, through real containerd.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use testbed::containerd::WASMTIME_RUNTIME;
+use testbed::versions::DebPackage;
+
+use crate::fixtures;
+use crate::harness::{Bed, image_name, unique, wasm_image};
+
+crate::on_every_containerd!(
+    bind_mounts_keep_their_mode_and_nothing_else_is_reachable,
+    memory_limit_exceeded_exits_137,
+    sigterm_exits_143_within_a_second,
+);
+
+/// errno values of wasi-libc (the guest's exit status on failure).
+const ENOENT: i32 = 44;
+const EROFS: i32 = 69;
+const ENOTCAPABLE: i32 = 76;
+const EACCES: i32 = 2;
+const EPERM: i32 = 63;
+
+fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
+    let bed = Bed::start(v);
+    let host = bed.work.path().join("host");
+    let (ro, rw) = (host.join("ro"), host.join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("data.txt"), "from the host\n").unwrap();
+    std::fs::write(host.join("secret.txt"), "not for the guest\n").unwrap();
+    bed.import(&wasm_image("fs", &fixtures::fs_module()));
+    let mounts = [
+        "--mount".to_string(),
+        format!("type=bind,src={},dst=/ro,options=rbind:ro", ro.display()),
+        "--mount".to_string(),
+        format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display()),
+    ];
+    let flags: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let fs = |args: &[&str]| {
+        let mut argv = vec!["/app.wasm"];
+        argv.extend(args);
+        bed.run_wasm(&flags, &image_name("fs"), &argv)
+    };
+
+    let read = fs(&["read", "/ro/data.txt"]);
+    assert_eq!(read.code(), 0, "{}", read.describe());
+    assert_eq!(read.stdout(), "from the host\n");
+
+    let denied = fs(&["write", "/ro/new.txt"]);
+    assert!(
+        [EROFS, ENOTCAPABLE, EACCES, EPERM].contains(&denied.code()),
+        "write to a read-only mount: {}",
+        denied.describe()
+    );
+    assert!(!ro.join("new.txt").exists());
+
+    let written = fs(&["write", "/rw/new.txt"]);
+    assert_eq!(written.code(), 0, "{}", written.describe());
+    assert_eq!(
+        std::fs::read_to_string(rw.join("new.txt")).unwrap(),
+        "written\n"
+    );
+
+    // the rootfs is read-only too
+    let root = fs(&["write", "/new.txt"]);
+    assert_ne!(root.code(), 0, "{}", root.describe());
+
+    // The host's side of the mounts: neither by its host path nor by climbing out.
+    for path in [
+        host.join("secret.txt").display().to_string(),
+        "/ro/../secret.txt".to_string(),
+        "/rw/../../secret.txt".to_string(),
+    ] {
+        let r = fs(&["read", &path]);
+        assert!(
+            [ENOENT, ENOTCAPABLE, EPERM].contains(&r.code()) && !r.stdout().contains("not for"),
+            "{path} must be unreachable: {}",
+            r.describe()
+        );
+    }
+}
+
+fn memory_limit_exceeded_exits_137(v: DebPackage) {
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("grow", &fixtures::wat("grow")));
+    // grow.wasm grows to 64 MiB; the limit is 32 MiB.
+    let run = bed.run_wasm(&["--memory-limit", "33554432"], &image_name("grow"), &[]);
+    assert_eq!(run.code(), 137, "{}", run.describe());
+    assert!(
+        run.stderr().contains("above the container limit"),
+        "the shim's limiter, not the kernel, must stop it: {}",
+        run.describe()
+    );
+    // without a limit it completes
+    let run = bed.run_wasm(&[], &image_name("grow"), &[]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+}
+
+/// A guest spinning without host calls (only epoch interruption can stop it) and one
+/// blocked in a host call: both end 143 within a second of `ctr task kill`.
+fn sigterm_exits_143_within_a_second(v: DebPackage) {
+    let bed = Bed::start(v);
+    for fixture in ["spin", "sleep"] {
+        bed.import(&wasm_image(fixture, &fixtures::wat(fixture)));
+        let id = unique(fixture);
+        let child = bed
+            .run_cmd(WASMTIME_RUNTIME, &[], &image_name(fixture), &id, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while bed.task_status(&id).as_deref() != Some("RUNNING") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{fixture} never ran"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // let the guest get into its loop / host call
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = Instant::now();
+        let kill = bed
+            .ctrd
+            .ctr()
+            .args(["tasks", "kill", "-s", "SIGTERM", &id])
+            .output()
+            .unwrap();
+        assert!(kill.status.success(), "{kill:?}");
+        let out = child.wait_with_output().unwrap();
+        let took = killed.elapsed();
+        assert_eq!(out.status.code(), Some(143), "{fixture}: {out:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{fixture}: SIGTERM -> exit took {took:?}"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The precompiled-module cache across container starts, and what 50 containers leave
+//! behind.
+
+use testbed::containerd::{WASMTIME_SHIM, pids_with_cmdline, runtime_root};
+use testbed::oci::{ArtifactKind, WasmArtifact};
+use testbed::versions::DebPackage;
+
+use crate::fixtures;
+use crate::harness::{Bed, image_name, wasm_image};
+
+crate::on_every_containerd!(
+    second_start_hits_the_file_cache,
+    fifty_containers_leave_nothing_behind
+);
+
+/// containerd 1.6 cannot unpack Wasm artifacts at all (see `run::every_oci_artifact_media_type`).
+mod artifact_containerd_2 {
+    #[test]
+    fn oci_artifact_is_precompiled_once() {
+        super::oci_artifact_is_precompiled_once(testbed::versions::CONTAINERD_2)
+    }
+}
+mod artifact_containerd_1_7 {
+    #[test]
+    fn oci_artifact_is_precompiled_once() {
+        super::oci_artifact_is_precompiled_once(testbed::versions::CONTAINERD_1_7)
+    }
+}
+
+/// Evidence without timing: the first run writes exactly one `.cwasm` entry; the second
+/// run neither rewrites it (same inode and mtime) nor adds any, and the shim logs a hit.
+fn second_start_hits_the_file_cache(v: DebPackage) {
+    use std::os::unix::fs::MetadataExt as _;
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("cached", &fixtures::wat("hello")));
+    assert!(bed.cache_entries().is_empty());
+    let first = bed.run_wasm(&[], &image_name("cached"), &[]);
+    assert_eq!(first.code(), 0, "{}", first.describe());
+    let entries = bed.cache_entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].ends_with(".cwasm"), "{entries:?}");
+    let entry = bed.cache_dir().join(&entries[0]);
+    let before = std::fs::metadata(&entry).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let second = bed.run_wasm(&[], &image_name("cached"), &[]);
+    assert_eq!(second.code(), 0, "{}", second.describe());
+    let after = std::fs::metadata(&entry).unwrap();
+    assert_eq!(bed.cache_entries(), entries);
+    assert_eq!(
+        (before.ino(), before.mtime_nsec(), before.mtime()),
+        (after.ino(), after.mtime_nsec(), after.mtime())
+    );
+    assert_eq!(
+        bed.ctrd
+            .log()
+            .matches("precompiled module cache hit")
+            .count(),
+        1,
+        "{}",
+        bed.ctrd.log()
+    );
+}
+
+/// OCI artifacts go through containerd-shim-wasm's precompile hook: containerd's content
+/// store then holds the precompiled layer under the image's `runwasi.io/precompiled/...`
+/// label, and the second start loads it instead of compiling.
+fn oci_artifact_is_precompiled_once(v: DebPackage) {
+    let bed = Bed::start(v);
+    let name = image_name("art-cached");
+    let wasm = fixtures::command_component(&fixtures::wat("hello"));
+    bed.import_artifact(&WasmArtifact::new(
+        &name,
+        ArtifactKind::ComponentLayer,
+        wasm,
+    ));
+    let flags = ["--platform", testbed::oci::WASM_PLATFORM];
+    for _ in 0..2 {
+        let run = bed.run_wasm(&flags, &name, &["app.wasm"]);
+        assert_eq!(run.code(), 0, "{}", run.describe());
+    }
+    let log = bed.ctrd.log();
+    assert_eq!(
+        log.matches("precompiling layers for image").count(),
+        1,
+        "{log}"
+    );
+    let content = bed.ctrd.ctr().args(["content", "ls"]).output().unwrap();
+    let content = String::from_utf8_lossy(&content.stdout);
+    assert!(
+        content.contains("runwasi.io/precompiled/wasmtime"),
+        "no precompiled layer in the content store:\n{content}"
+    );
+}
+
+fn fifty_containers_leave_nothing_behind(v: DebPackage) {
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("many", &fixtures::wat("hello")));
+    let shims = || pids_with_cmdline(|a| a.first().is_some_and(|p| p.ends_with(WASMTIME_SHIM)));
+    let mine = || bed.ctrd.shim_pids();
+    let snapshots = || {
+        let out = bed.ctrd.ctr().args(["snapshots", "ls"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (mounts_before, shims_before, snapshots_before) = (bed.ctrd.mounts(), mine(), snapshots());
+    assert!(shims_before.is_empty(), "{shims_before:?}");
+    for i in 0..50 {
+        let run = bed.run_wasm(&[], &image_name("many"), &[]);
+        assert_eq!(run.code(), 0, "run {i}: {}", run.describe());
+    }
+    assert_eq!(
+        mine(),
+        Vec::<u32>::new(),
+        "shim processes left: all shims {:?}",
+        shims()
+    );
+    assert_eq!(bed.ctrd.mounts(), mounts_before);
+    // one cache entry, no temp files
+    assert_eq!(bed.cache_entries().len(), 1, "{:?}", bed.cache_entries());
+    // no containers, tasks, container snapshots, or youki state left
+    for what in [&["containers", "ls", "-q"][..], &["tasks", "ls", "-q"]] {
+        let out = bed.ctrd.ctr().args(what).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim().is_empty(), "ctr {what:?} left {text}");
+    }
+    assert_eq!(snapshots(), snapshots_before);
+    let state = runtime_root("wasmtime", bed.ctrd.namespace());
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{}: {left:?}", state.display());
+}
