@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -45,7 +46,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub pods: Store<Pod>,
-    pub runtimes: Store<WasmRuntime>,
+    /// Every WasmRuntime, readable or not: one object the operator cannot deserialize (say,
+    /// stored under an older schema) must not stop the watch for all the others.
+    pub runtimes: Store<DeserializeGuard<WasmRuntime>>,
+    /// Per unreadable runtime, the generation and error already reported, so reporting it
+    /// (a status write, which is itself a change) happens once, not in a loop.
+    pub unreadable: Mutex<HashMap<String, (Option<i64>, String)>>,
     /// Hash of what we last applied, per object, so a reconcile does not re-send unchanged
     /// objects (O(reconciles) writes otherwise). Cleared for a runtime whenever its
     /// DaemonSets or RuntimeClass change, so drift is still repaired.
@@ -61,7 +67,7 @@ pub type Expectations = HashMap<String, (Option<NodeState>, Instant)>;
 
 /// Run the controller until shutdown.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
-    let runtimes: Api<WasmRuntime> = Api::all(client.clone());
+    let runtimes: Api<DeserializeGuard<WasmRuntime>> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is not installed.
     runtimes
         .list(&ListParams::default().limit(1))
@@ -74,6 +80,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         watcher::Config::default(),
     )
     .default_backoff()
+    // Only names and labels are read; managed fields dominate a node's metadata.
+    .modify(|node| {
+        node.metadata.managed_fields = None;
+        node.metadata.annotations = None;
+    })
     .reflect(node_writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default());
@@ -85,6 +96,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         installer_pods,
     )
     .default_backoff()
+    .modify(observe::prune_pod)
     .reflect(pod_writer)
     .applied_objects();
 
@@ -98,7 +110,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
             .lock()
             .expect("applied lock")
             .retain(|key, _| !key.starts_with(&prefix));
-        Some(ObjectRef::<WasmRuntime>::new(name))
+        Some(ObjectRef::<DeserializeGuard<WasmRuntime>>::new(name))
     };
     let child_changed_too = child_changed.clone();
     let controller = Controller::new(runtimes, watcher::Config::default());
@@ -118,12 +130,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         runtimes: runtime_store,
         applied,
         expected: Mutex::default(),
+        unreadable: Mutex::default(),
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
         labels
             .get(resources::RUNTIME_LABEL)
-            .map(|name| ObjectRef::<WasmRuntime>::new(name))
+            .map(|name| ObjectRef::<DeserializeGuard<WasmRuntime>>::new(name))
     };
     controller
         // Not `owns`: that maps a namespaced child to an owner in the child's namespace, and
@@ -156,9 +169,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     Ok(())
 }
 
-#[instrument(skip_all, fields(runtime = %runtime.name_any()))]
-async fn reconcile(runtime: Arc<WasmRuntime>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(runtime = %guard.name_any()))]
+async fn reconcile(
+    guard: Arc<DeserializeGuard<WasmRuntime>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
+    let runtime = match &guard.0 {
+        Ok(runtime) => Arc::new(runtime.clone()),
+        Err(invalid) => return report_unreadable(&guard, invalid, &ctx).await,
+    };
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
     finalizer(&api, FINALIZER, runtime, |event| async {
         match event {
@@ -170,7 +190,11 @@ async fn reconcile(runtime: Arc<WasmRuntime>, ctx: Arc<Context>) -> Result<Actio
     .map_err(Error::from_finalizer)
 }
 
-fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    runtime: Arc<DeserializeGuard<WasmRuntime>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     ctx.metrics.reconcile_failed(error.category());
     match error {
         Error::InvalidSpec(_) => Action::await_change(),
@@ -181,6 +205,69 @@ fn error_policy(runtime: Arc<WasmRuntime>, error: &Error, ctx: Arc<Context>) -> 
             Action::requeue(Duration::from_secs(5))
         }
     }
+}
+
+/// A WasmRuntime the apiserver holds but this operator cannot read (typically stored before
+/// a schema change). Reported once per generation and error as Degraded status plus a
+/// Warning Event; nothing else is touched (its nodes stay as they are) until it is fixed.
+async fn report_unreadable(
+    guard: &DeserializeGuard<WasmRuntime>,
+    invalid: &kube::core::error_boundary::InvalidObject,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = guard.name_any();
+    let msg = format!(
+        "the object cannot be read ({}); fix it with `kubectl edit wasmruntime {name}`{}",
+        invalid.error,
+        if guard.meta().deletion_timestamp.is_some() {
+            format!(
+                ", or remove the finalizer {FINALIZER} by hand (its nodes then keep the runtime)"
+            )
+        } else {
+            String::new()
+        }
+    );
+    let generation = guard.meta().generation;
+    let first = ctx
+        .unreadable
+        .lock()
+        .expect("unreadable lock")
+        .insert(name.clone(), (generation, msg.clone()))
+        != Some((generation, msg.clone()));
+    if first {
+        warn!(error = %invalid.error, "cannot read the WasmRuntime");
+        let mut status = status::status(
+            &Plan::default(),
+            StatusInput {
+                generation,
+                handler: String::new(),
+                previous: None,
+                deleting: false,
+                blocker: Some(Blocker::InvalidSpec(msg.clone())),
+                shim_version: None,
+                now: Timestamp::now(),
+            },
+        );
+        status.handler = None;
+        let api: Api<DeserializeGuard<WasmRuntime>> = Api::all(ctx.client.clone());
+        let patch = json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "status": status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::kube("patch status"))?;
+        publish(
+            ctx,
+            guard.object_ref(&()),
+            EventType::Warning,
+            "Unreadable",
+            &msg,
+        )
+        .await;
+    }
+    Err(Error::InvalidSpec(msg))
 }
 
 /// Everything the planner needs, read from the caches.
@@ -472,10 +559,10 @@ async fn publish_status(
 /// Another WasmRuntime (created earlier) or a RuntimeClass we do not own holds our handler.
 async fn handler_conflict(runtime: &WasmRuntime, ctx: &Context) -> Result<Option<String>, Error> {
     let handler = runtime.handler();
-    let rival = ctx
-        .runtimes
-        .state()
-        .into_iter()
+    let all = ctx.runtimes.state();
+    let rival = all
+        .iter()
+        .filter_map(|guard| guard.0.as_ref().ok())
         .filter(|r| r.name_any() != runtime.name_any() && r.handler() == handler)
         .find(|r| {
             (r.metadata.creation_timestamp.as_ref(), r.name_any())
@@ -558,14 +645,34 @@ where
 }
 
 async fn normal_event(ctx: &Context, runtime: &WasmRuntime, reason: &str, note: &str) {
-    publish(ctx, runtime, EventType::Normal, reason, note).await;
+    publish(
+        ctx,
+        runtime.object_ref(&()),
+        EventType::Normal,
+        reason,
+        note,
+    )
+    .await;
 }
 
 async fn warn_event(ctx: &Context, runtime: &WasmRuntime, reason: &str, note: &str) {
-    publish(ctx, runtime, EventType::Warning, reason, note).await;
+    publish(
+        ctx,
+        runtime.object_ref(&()),
+        EventType::Warning,
+        reason,
+        note,
+    )
+    .await;
 }
 
-async fn publish(ctx: &Context, runtime: &WasmRuntime, type_: EventType, reason: &str, note: &str) {
+async fn publish(
+    ctx: &Context,
+    object: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -574,7 +681,7 @@ async fn publish(ctx: &Context, runtime: &WasmRuntime, type_: EventType, reason:
         secondary: None,
     };
     // Events are best effort: status already says the same.
-    if let Err(error) = ctx.recorder.publish(&event, &runtime.object_ref(&())).await {
+    if let Err(error) = ctx.recorder.publish(&event, &object).await {
         warn!(%error, reason, "could not publish event");
     }
 }

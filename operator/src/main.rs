@@ -85,9 +85,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let is_leader = Arc::new(AtomicBool::new(false));
     let health = Health {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        leading: is_leader.clone(),
     };
     let server = tokio::spawn(server::serve(args.metrics_addr, health));
 
@@ -97,6 +99,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let controller = async {
         ready.store(true, Ordering::Relaxed);
+        is_leader.store(true, Ordering::Relaxed);
         wasm_operator::controller::run(client.clone(), settings, metrics).await
     };
     if !args.leader_elect {
@@ -114,6 +117,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("creating the leader lease manager")?;
     let (mut leading, lease_task) = manager.watch().await;
+    ready.store(true, Ordering::Relaxed);
     info!(identity, lease = LEASE, "waiting to become leader");
     while !*leading.borrow_and_update() {
         leading.changed().await.context("leader election stopped")?;

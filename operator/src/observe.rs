@@ -20,6 +20,41 @@ const PERMANENT_WAITING: &[&str] = &[
     "CreateContainerError",
 ];
 
+/// Drop what [`pod_report`] and the controller never read from an installer pod before it
+/// enters the cache: managed fields, annotations, the pod spec but its node, all containers
+/// statuses but the first. At 1000 nodes this is most of the operator's memory.
+pub fn prune_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        node_name,
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.as_mut() {
+        if let Some(cs) = status.container_statuses.as_mut() {
+            cs.truncate(1);
+        }
+        for c in status.container_statuses.iter_mut().flatten() {
+            c.image = String::new();
+            c.image_id = String::new();
+            c.container_id = None;
+            c.resources = None;
+            c.volume_mounts = None;
+            c.allocated_resources = None;
+        }
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        status.host_ips = None;
+        status.pod_ips = None;
+        status.pod_ip = None;
+        status.host_ip = None;
+        status.qos_class = None;
+    }
+}
+
 /// What an installer pod says about its node.
 pub fn pod_report(pod: &Pod, now: Timestamp) -> PodReport {
     let revision = pod

@@ -16,9 +16,12 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct Health {
     pub metrics: Arc<Metrics>,
-    /// Set once the controller runs (after winning leader election, if enabled). A standby
-    /// replica is live but not ready.
+    /// Set once the API answered and the replica runs or stands by for the lease. A standby
+    /// is ready too: otherwise a two-replica Deployment never finishes its rollout and
+    /// `helm install --wait` hangs.
     pub ready: Arc<AtomicBool>,
+    /// Whether this replica holds the lease and runs the controller (the `/readyz` body).
+    pub leading: Arc<AtomicBool>,
 }
 
 /// Serve until the process ends.
@@ -32,10 +35,13 @@ pub async fn serve(addr: SocketAddr, health: Health) -> Result<(), Error> {
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {
-                if h.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading")
+                match (
+                    h.ready.load(Ordering::Relaxed),
+                    h.leading.load(Ordering::Relaxed),
+                ) {
+                    (true, true) => (StatusCode::OK, "ok: leading"),
+                    (true, false) => (StatusCode::OK, "ok: standby"),
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
                 }
             }),
         )

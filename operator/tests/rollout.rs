@@ -9,9 +9,11 @@ use anyhow::{Context, Result};
 use common::*;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::node::v1::RuntimeClass;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
+use wasm_operator::api::WasmRuntime;
 
 #[tokio::test]
 async fn rolls_out_in_batches_and_publishes_a_runtime_class() -> Result<()> {
@@ -486,6 +488,89 @@ async fn an_unusable_spec_does_not_stall_others_and_metrics_are_served() -> Resu
     assert!(
         body.contains("wasm_operator_nodes{runtime=\"fine\",state=\"provisioned\"} 1"),
         "{body}"
+    );
+    Ok(())
+}
+
+/// An object stored under a looser, older schema that this operator cannot deserialize is
+/// reported (Degraded status, Warning Event) and does not stop the others.
+#[tokio::test]
+async fn an_unreadable_object_is_reported_and_does_not_stall_the_watch() -> Result<()> {
+    let mut env = Env::start(&["n-0"]).await?;
+    // Store the object while the schema lets anything into spec, then restore the real CRD:
+    // the apiserver keeps serving the stored object as it is.
+    let real = wasm_operator::crdgen::crd()?;
+    let mut loose = serde_json::to_value(&real)?;
+    let schema = &mut loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    schema["properties"]["spec"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    schema
+        .as_object_mut()
+        .unwrap()
+        .remove("x-kubernetes-validations");
+    common::install_crd(&env.client, &serde_json::from_value(loose)?).await?;
+    let raw = ApiResource::erase::<WasmRuntime>(&());
+    let dynamic: Api<DynamicObject> = Api::all_with(env.client.clone(), &raw);
+    let unreadable: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime",
+        "metadata": {"name": "unreadable"}, "spec": {"handler": 42}
+    }))?;
+    dynamic.create(&PostParams::default(), &unreadable).await?;
+    common::install_crd(&env.client, &real).await?;
+
+    env.start_operator(&[])?;
+    env.apply_runtime("fine", json!({})).await?;
+    env.wait_runtime("fine", "Ready", is_ready).await?;
+
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let degraded = loop {
+        let object = dynamic.get("unreadable").await?;
+        let conditions = object.data["status"]["conditions"].clone();
+        if let Some(c) = conditions.as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == "Degraded" && c["status"] == "True")
+        }) {
+            break c.clone();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no Degraded condition on the unreadable object; operator log:\n{}",
+            env.operator_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot be read"), "{message}");
+    assert!(
+        message.contains("kubectl edit wasmruntime unreadable"),
+        "{message}"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("unreadable"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["Unreadable"],
+        "one Warning Event, not one per loop"
+    );
+    // Nothing was rolled out for it: no RuntimeClass of its name, no label key of its own.
+    assert!(
+        Api::<RuntimeClass>::all(env.client.clone())
+            .get_opt("unreadable")
+            .await?
+            .is_none()
+    );
+    assert!(
+        env.node_states("unreadable")
+            .await?
+            .values()
+            .all(Option::is_none)
     );
     Ok(())
 }

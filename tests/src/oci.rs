@@ -86,6 +86,8 @@ pub struct RootfsImage {
     cmd: Vec<String>,
     env: Vec<String>,
     working_dir: Option<String>,
+    user: Option<String>,
+    labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
 }
 
@@ -99,8 +101,27 @@ impl RootfsImage {
             cmd: Vec::new(),
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
             working_dir: None,
+            user: None,
+            labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
+    }
+
+    /// The user the container runs as, e.g. `65532:65532`.
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    /// An image config label, e.g. `org.opencontainers.image.version`.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Every file of the rootfs with its mode, in layer order.
+    pub fn files(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.files.iter().map(|(p, f)| (p.as_str(), f.mode))
     }
 
     pub fn file(mut self, path: &str, bytes: impl Into<Vec<u8>>, mode: u32) -> Self {
@@ -153,6 +174,17 @@ impl RootfsImage {
         if let Some(dir) = &self.working_dir {
             config = config.working_dir(dir.clone());
         }
+        if let Some(user) = &self.user {
+            config = config.user(user.clone());
+        }
+        if !self.labels.is_empty() {
+            config = config.labels(
+                self.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        }
         let config = ImageConfigurationBuilder::default()
             .architecture(host_arch())
             .os(Os::Linux)
@@ -166,7 +198,7 @@ impl RootfsImage {
             )
             .build()
             .map_err(oci_err)?;
-        let config = serde_json::to_vec(&config).map_err(oci_err)?;
+        let config = canonical_json(&config)?;
         let platform = PlatformBuilder::default()
             .architecture(host_arch())
             .os(Os::Linux)
@@ -243,7 +275,7 @@ impl WasmArtifact {
                 "rootfs": {"type": "layers", "diff_ids": []},
             }),
         };
-        let config = serde_json::to_vec(&config).map_err(oci_err)?;
+        let config = canonical_json(&config)?;
         let platform = PlatformBuilder::default()
             .architecture(Arch::Wasm)
             .os(Os::Other("wasi".into()))
@@ -303,7 +335,7 @@ impl Layout<'_> {
             );
         }
         let manifest = manifest.build().map_err(oci_err)?;
-        let manifest = serde_json::to_vec(&manifest).map_err(oci_err)?;
+        let manifest = canonical_json(&manifest)?;
         let manifest_digest = sha256(&manifest);
         let mut manifest_desc = descriptor(MediaType::ImageManifest, &manifest)?;
         manifest_desc.set_platform(Some(self.platform));
@@ -321,7 +353,7 @@ impl Layout<'_> {
             .manifests(vec![manifest_desc])
             .build()
             .map_err(oci_err)?;
-        let index = serde_json::to_vec(&index).map_err(oci_err)?;
+        let index = canonical_json(&index)?;
 
         let mut blobs = BTreeMap::new();
         for blob in [self.config.1, self.layer.1, manifest] {
@@ -404,6 +436,13 @@ fn host_arch() -> Arch {
 
 fn oci_err(e: impl std::fmt::Display) -> Error {
     Error::io(Path::new("OCI image"), std::io::Error::other(e.to_string()))
+}
+
+/// JSON with object keys sorted (`serde_json::Value` maps are ordered), so maps that
+/// oci-spec keeps as `HashMap` (labels, annotations) serialize the same in every process.
+fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    let value = serde_json::to_value(value).map_err(oci_err)?;
+    serde_json::to_vec(&value).map_err(oci_err)
 }
 
 #[cfg(test)]
@@ -491,3 +530,4 @@ mod tests {
         assert!(files.contains_key("oci-layout"));
     }
 }
+

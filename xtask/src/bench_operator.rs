@@ -26,6 +26,9 @@ pub struct Figures {
     pub reconciles: Option<u64>,
 }
 
+/// Client QPS of the controller-manager and scheduler, as a 1000-node cluster sets them.
+const CONTROL_PLANE_QPS: u32 = 200;
+
 pub fn run(params: &Params) -> Result<Figures> {
     cmd::cargo(&["build", "--release", "--locked", "-p", "wasm-operator"])?;
     let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
@@ -42,6 +45,7 @@ async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures>
     let options = ClusterOptions {
         kwok_pod_stages: Some(stages),
         audit_operator_writes: true,
+        control_plane_qps: Some(CONTROL_PLANE_QPS),
         ..ClusterOptions::full()
     };
     let cluster = TestCluster::start_with(options).await?;
@@ -205,7 +209,8 @@ pub fn report(params: &Params, figures: &Figures) -> String {
         "## Operator: {} kwok nodes, maxUnavailable {}\n\n\
          Command: `cargo xtask bench operator` (real kube-apiserver, controller-manager, scheduler \
          {k8s} and kwok from the test bed; the installer is played by kwok stages that mark each \
-         installer pod Ready; release build of wasm-operator).\n\n\
+         installer pod Ready; controller-manager and scheduler at `--kube-api-qps={qps}`; release \
+         build of wasm-operator).\n\n\
          | figure | value | goal |\n|---|---|---|\n\
          | apply -> Ready (all nodes provisioned) | {:.1} s | < 60 s |\n\
          | operator write requests (audit log) | {total} ({:.2} per node) | O(nodes) |\n\
@@ -219,6 +224,7 @@ pub fn report(params: &Params, figures: &Figures) -> String {
         figures.peak_rss_kib as f64 / 1024.0,
         figures.reconciles.map_or("?".into(), |r| r.to_string()),
         k8s = testbed::versions::KUBERNETES,
+        qps = CONTROL_PLANE_QPS,
     );
     for (request, count) in &figures.writes {
         let _ = writeln!(out, "| {request} | {count} |");

@@ -1,4 +1,5 @@
-//! `cargo xtask crdgen`: write the CRD the operator generates into crds/.
+//! `cargo xtask crdgen`: write the CRD the operator generates into crds/ and its two
+//! copies (the chart's crds/ and kustomize's config/crd/bases/), which a test keeps equal.
 
 use std::process::Command;
 
@@ -6,7 +7,12 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-const CRD_FILE: &str = "crds/wasmruntime.dev_wasmruntimes.yaml";
+const CRD_NAME: &str = "wasmruntime.dev_wasmruntimes.yaml";
+const CRD_DIRS: &[&str] = &[
+    "crds",
+    "charts/wasm-runtime-operator/crds",
+    "config/crd/bases",
+];
 
 pub fn write() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -15,8 +21,10 @@ pub fn write() -> Result<()> {
             .args(["run", "--quiet", "--package", "wasm-operator", "--", "crd"])
             .current_dir(cmd::workspace_root()),
     )?;
-    let path = cmd::workspace_root().join(CRD_FILE);
-    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("xtask: wrote {}", path.display());
+    for dir in CRD_DIRS {
+        let path = cmd::workspace_root().join(dir).join(CRD_NAME);
+        std::fs::write(&path, &yaml).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
     Ok(())
 }

@@ -29,6 +29,24 @@ pub struct Env {
     operator: Option<Child>,
 }
 
+/// Apply (or replace) the WasmRuntime CRD and wait until it is established.
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        WasmRuntime::crd_name(),
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(crd),
+    )
+    .await?;
+    let established = await_condition(
+        crds,
+        WasmRuntime::crd_name(),
+        conditions::is_crd_established(),
+    );
+    tokio::time::timeout(WAIT, established).await??;
+    Ok(())
+}
+
 impl Env {
     /// A control plane with the CRD, the installer namespace and kwok nodes named `nodes`.
     pub async fn start(nodes: &[&str]) -> Result<Self> {
@@ -40,20 +58,7 @@ impl Env {
         };
         let cluster = TestCluster::start_with(options).await?;
         let client = cluster.client();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let crd = wasm_operator::crdgen::crd()?;
-        crds.patch(
-            WasmRuntime::crd_name(),
-            &PatchParams::apply("test"),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        let established = await_condition(
-            crds,
-            WasmRuntime::crd_name(),
-            conditions::is_crd_established(),
-        );
-        tokio::time::timeout(WAIT, established).await??;
+        install_crd(&client, &wasm_operator::crdgen::crd()?).await?;
         let ns: Namespace = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}

@@ -1,0 +1,64 @@
+//! Installer pods (fixtures shaped as the apiserver returns them) read into reports, before
+//! and after the pruning the pod cache applies.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use rstest::rstest;
+use wasm_operator::observe::{pod_report, prune_pod};
+use wasm_operator::planner::PodReport;
+
+fn fixture(name: &str) -> Pod {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pods")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn now() -> Timestamp {
+    "2026-12-02T08:01:00Z".parse().unwrap()
+}
+
+#[rstest]
+#[case::ready("ready.json", "Ready 5f6c2b")]
+#[case::starting("starting.json", "Starting 5f6c2b 60s")]
+#[case::crashloop(
+    "crashloop.json",
+    "Failed 5f6c2b containerd did not come back with handler wasmtime within 300s; restored /etc/containerd/config.toml from backup"
+)]
+#[case::invalid_image(
+    "invalid-image.json",
+    "Failed 5f6c2b InvalidImageName: couldn't parse image name \"UPPER:case\""
+)]
+#[case::terminating("terminating.json", "Absent")]
+fn pruning_keeps_the_report(#[case] name: &str, #[case] want: &str) {
+    let pod = fixture(name);
+    let mut pruned = pod.clone();
+    prune_pod(&mut pruned);
+    let brief = |r: PodReport| match r {
+        PodReport::Absent => "Absent".to_string(),
+        PodReport::Ready { revision } => format!("Ready {revision}"),
+        PodReport::Starting {
+            revision,
+            age_seconds,
+        } => format!("Starting {revision} {age_seconds}s"),
+        PodReport::Failed { revision, message } => format!("Failed {revision} {message}"),
+    };
+    assert_eq!(brief(pod_report(&pod, now())), want);
+    assert_eq!(brief(pod_report(&pruned, now())), want);
+    // What the controller reads besides the report survives too.
+    assert_eq!(pruned.metadata.labels, pod.metadata.labels);
+    assert_eq!(
+        pruned.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("n-0")
+    );
+    let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+    assert!(
+        size(&pruned) * 2 < size(&pod),
+        "{name}: pruned {} of {} bytes",
+        size(&pruned),
+        size(&pod)
+    );
+}
