@@ -208,8 +208,9 @@ fn error_policy(
 }
 
 /// A WasmRuntime the apiserver holds but this operator cannot read (typically stored before
-/// a schema change). Reported once per generation and error as Degraded status plus a
-/// Warning Event; nothing else is touched (its nodes stay as they are) until it is fixed.
+/// a schema change). Reported once per generation and error as a Warning Event and, where
+/// the apiserver accepts it, Degraded status; nothing else is touched (its nodes stay as
+/// they are) until it is fixed.
 async fn report_unreadable(
     guard: &DeserializeGuard<WasmRuntime>,
     invalid: &kube::core::error_boundary::InvalidObject,
@@ -220,21 +221,19 @@ async fn report_unreadable(
         "the object cannot be read ({}); fix it with `kubectl edit wasmruntime {name}`{}",
         invalid.error,
         if guard.meta().deletion_timestamp.is_some() {
-            format!(
-                ", or remove the finalizer {FINALIZER} by hand (its nodes then keep the runtime)"
-            )
+            format!(", or remove the finalizer {FINALIZER} by hand (its nodes keep the runtime)")
         } else {
             String::new()
         }
     );
     let generation = guard.meta().generation;
-    let first = ctx
+    let reported = ctx
         .unreadable
         .lock()
         .expect("unreadable lock")
-        .insert(name.clone(), (generation, msg.clone()))
-        != Some((generation, msg.clone()));
-    if first {
+        .get(&name)
+        .cloned();
+    if reported != Some((generation, msg.clone())) {
         warn!(error = %invalid.error, "cannot read the WasmRuntime");
         let mut status = status::status(
             &Plan::default(),
@@ -249,15 +248,20 @@ async fn report_unreadable(
             },
         );
         status.handler = None;
+        // A merge patch: server-side apply must type the live object, which fails for
+        // exactly these objects. The apiserver may refuse even that (CEL rules that cannot
+        // evaluate on the stored data): then the Event below is the report.
         let api: Api<DeserializeGuard<WasmRuntime>> = Api::all(ctx.client.clone());
-        let patch = json!({"apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime", "status": status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(Error::kube("patch status"))?;
+        if let Err(error) = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            warn!(%error, "the apiserver refused the status of the unreadable WasmRuntime");
+        }
         publish(
             ctx,
             guard.object_ref(&()),
@@ -266,6 +270,10 @@ async fn report_unreadable(
             &msg,
         )
         .await;
+        ctx.unreadable
+            .lock()
+            .expect("unreadable lock")
+            .insert(name, (generation, msg.clone()));
     }
     Err(Error::InvalidSpec(msg))
 }

@@ -253,6 +253,26 @@ impl LabelHistory {
         }
     }
 
+    /// Wait until the watch has delivered `value` as the latest label of every node: the
+    /// recorder's watch may trail the client that saw the runtime Ready.
+    pub async fn caught_up(&self, nodes: &[&str], value: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let behind: Vec<&str> = nodes
+                .iter()
+                .copied()
+                .filter(|n| self.of(n).last().cloned().flatten().as_deref() != Some(value))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("label history never showed {value} on {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn of(&self, node: &str) -> Vec<Option<String>> {
         self.0
             .lock()
