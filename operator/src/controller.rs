@@ -52,6 +52,8 @@ pub struct Context {
     /// Per unreadable runtime, the generation and error already reported, so reporting it
     /// (a status write, which is itself a change) happens once, not in a loop.
     pub unreadable: Mutex<HashMap<String, (Option<i64>, String)>>,
+    /// Consecutive failed reconciles per runtime, for the retry back-off.
+    pub failures: Mutex<HashMap<String, u32>>,
     /// Hash of what we last applied, per object, so a reconcile does not re-send unchanged
     /// objects (O(reconciles) writes otherwise). Cleared for a runtime whenever its
     /// DaemonSets or RuntimeClass change, so drift is still repaired.
@@ -131,6 +133,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         applied,
         expected: Mutex::default(),
         unreadable: Mutex::default(),
+        failures: Mutex::default(),
     });
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
@@ -180,14 +183,25 @@ async fn reconcile(
         Err(invalid) => return report_unreadable(&guard, invalid, &ctx).await,
     };
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, runtime, |event| async {
+    let name = runtime.name_any();
+    let result = finalizer(&api, FINALIZER, runtime, |event| async {
         match event {
             Finalizer::Apply(runtime) => apply(&runtime, &ctx).await,
             Finalizer::Cleanup(runtime) => cleanup(&runtime, &ctx).await,
         }
     })
     .await
-    .map_err(Error::from_finalizer)
+    .map_err(Error::from_finalizer);
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&name);
+    }
+    result
+}
+
+/// Exponential back-off for a runtime's `attempt`-th consecutive failure: 1 s, 2 s, 4 s, ...
+/// up to 256 s, so a broken apiserver or webhook is not hammered.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 
 fn error_policy(
@@ -201,8 +215,15 @@ fn error_policy(
         Error::DeletionBlocked(_) => Action::requeue(IN_FLIGHT_REQUEUE),
         Error::CacheBehind => Action::requeue(Duration::from_millis(200)),
         _ => {
-            warn!(runtime = %runtime.name_any(), %error, "reconcile error; retrying");
-            Action::requeue(Duration::from_secs(5))
+            let attempt = {
+                let mut failures = ctx.failures.lock().expect("failures lock");
+                let n = failures.entry(runtime.name_any()).or_default();
+                *n = n.saturating_add(1);
+                *n
+            };
+            let delay = retry_delay(attempt);
+            warn!(runtime = %runtime.name_any(), %error, attempt, ?delay, "reconcile error; retrying");
+            Action::requeue(delay)
         }
     }
 }

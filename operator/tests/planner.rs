@@ -227,3 +227,17 @@ fn max_unavailable_resolution(
 ) {
     assert_eq!(resolve_max_unavailable(&value, selected), expected);
 }
+
+#[rstest::rstest]
+#[case(1, 1)]
+#[case(2, 2)]
+#[case(3, 4)]
+#[case(9, 256)]
+#[case(10, 256)]
+#[case(u32::MAX, 256)]
+fn retries_back_off_exponentially_up_to_a_bound(#[case] attempt: u32, #[case] secs: u64) {
+    assert_eq!(
+        wasm_operator::controller::retry_delay(attempt),
+        std::time::Duration::from_secs(secs)
+    );
+}
