@@ -50,7 +50,10 @@ impl Cri {
         }
     }
 
-    fn call<T, F, Fut>(&self, call: &'static str, f: F) -> Result<T>
+    /// One RuntimeService exchange `f` on a fresh connection, under this client's
+    /// timeout; `call` names it in the error. Public so tests and tools can drive pods
+    /// (RunPodSandbox etc.) through the same connection code.
+    pub fn call<T, F, Fut>(&self, call: &'static str, f: F) -> Result<T>
     where
         F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,

@@ -4,158 +4,17 @@
 //! `--config`, wait for the supervisor's new process, verify over CRI.
 //!
 //! The "shim" installed here is a small stand-in executable, except in
-//! `real_shim_binary_is_copied_and_verified`, which installs the Wasmtime shim built in
-//! the cache when it exists. No container is run through it (not in scope here).
+//! `real_shim_installed_runs_wasm`, which installs the Wasmtime shim of this workspace
+//! and runs a Wasm container through the installed file.
 
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
-use support::{Containerd, OutageProbe};
-use wasm_installer::{ContainerdVersion, Edit, HandlerName, RuntimeName, RuntimeSpec};
-
-struct Run<'a> {
-    c: &'a Containerd,
-    name: String,
-    shim: PathBuf,
-}
-
-impl Drop for Run<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(format!("/opt/wasmruntime/{}", self.name));
-    }
-}
-
-impl<'a> Run<'a> {
-    fn new(c: &'a Containerd, case: &str) -> Self {
-        let name = format!("t-{}-{case}", c.version.replace('.', ""));
-        let shim = c.dir.path().join("shim-source");
-        std::fs::write(&shim, format!("#!/bin/sh\necho stand-in shim {name}\n")).unwrap();
-        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let _ = std::fs::remove_dir_all(format!("/opt/wasmruntime/{name}"));
-        Self { c, name, shim }
-    }
-
-    fn handler(&self) -> HandlerName {
-        HandlerName::new(&self.name).unwrap()
-    }
-
-    fn shim_dest(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/opt/wasmruntime/{}/containerd-shim-wasmtime-v1",
-            self.name
-        ))
-    }
-
-    fn status_file(&self) -> PathBuf {
-        self.c.dir.path().join("status")
-    }
-
-    fn term_log(&self) -> PathBuf {
-        self.c.dir.path().join("termination-log")
-    }
-
-    fn cmd(&self, sub: &str, fault: Option<&str>) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasm-installer"));
-        cmd.arg(sub)
-            .args([
-                "--name",
-                &self.name,
-                "--host-root",
-                "/",
-                "--distro",
-                "containerd",
-            ])
-            .arg("--shim-source")
-            .arg(&self.shim)
-            .arg("--socket")
-            .arg(&self.c.socket)
-            .arg("--config")
-            .arg(&self.c.config)
-            .args(["--restart", "signal", "--verify-timeout", "15"])
-            .arg("--termination-log")
-            .arg(self.term_log());
-        if sub == "install" {
-            cmd.arg("--status-file").arg(self.status_file());
-        }
-        cmd.env_remove(wasm_installer::fault::ENV);
-        if let Some(f) = fault {
-            cmd.env(wasm_installer::fault::ENV, f);
-        }
-        cmd
-    }
-
-    fn run(&self, sub: &str, fault: Option<&str>) -> Output {
-        let mut cmd = self.cmd(sub, fault);
-        if sub == "install" {
-            cmd.arg("--once");
-        }
-        cmd.output().unwrap()
-    }
-
-    fn ready(&self) -> bool {
-        Command::new(env!("CARGO_BIN_EXE_wasm-installer"))
-            .arg("ready")
-            .arg("--status-file")
-            .arg(self.status_file())
-            .output()
-            .unwrap()
-            .status
-            .success()
-    }
-
-    fn ok(&self, sub: &str) -> serde_json::Value {
-        let out = self.run(sub, None);
-        assert!(
-            out.status.success(),
-            "{sub} failed on containerd {}: {}\ncontainerd log:\n{}",
-            self.c.version,
-            String::from_utf8_lossy(&out.stderr),
-            self.c.log_tail()
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON report line")
-    }
-
-    fn config(&self) -> String {
-        std::fs::read_to_string(&self.c.config).unwrap()
-    }
-
-    fn knows_handler(&self) -> bool {
-        self.c.cri().status().unwrap().knows(&self.handler())
-    }
-
-    /// What a finished install makes of `original` (the pure core's answer).
-    fn installed_text(&self, original: &str) -> String {
-        let rt = RuntimeSpec::for_runtime(
-            &RuntimeName::new(&self.name).unwrap(),
-            self.handler(),
-            wasm_installer::SystemdCgroupMode::Auto,
-        );
-        match wasm_installer::add_runtime(
-            original,
-            &rt,
-            &ContainerdVersion::parse(self.c.version).unwrap(),
-        )
-        .unwrap()
-        {
-            Edit::Changed(t) => t,
-            Edit::Unchanged => original.to_owned(),
-        }
-    }
-
-    fn backup(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "{}.wasmruntime-{}.orig",
-            self.c.config.display(),
-            self.name
-        ))
-    }
-}
+use support::{Containerd, OutageProbe, Run};
 
 fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
@@ -198,7 +57,7 @@ fn install_rerun_uninstall(#[case] version: &'static str) {
     assert!(r.ready(), "readiness probe after a good install");
 
     // Re-run: nothing written, containerd untouched.
-    let pid = c.pid();
+    let (pid, restarts) = (c.pid(), c.restarts());
     let (config_mtime, shim_mtime) = (mtime(&c.config), mtime(&r.shim_dest()));
     let t = Instant::now();
     let report = r.ok("install");
@@ -207,6 +66,7 @@ fn install_rerun_uninstall(#[case] version: &'static str) {
     assert_eq!(report["shim"], "unchanged");
     assert_eq!(report["restarted"], false);
     assert_eq!(c.pid(), pid, "a no-op run restarted containerd");
+    assert_eq!(c.restarts(), restarts, "a no-op run restarted containerd");
     assert_eq!(
         mtime(&c.config),
         config_mtime,
@@ -305,40 +165,105 @@ fn killed_at_each_step_converges(#[case] version: &'static str) {
     }
 }
 
-/// The real Wasmtime shim binary (from the shim crate's build cache) as the payload:
-/// copied, hash-verified, skipped when identical. Only when that build exists.
-#[test]
-fn real_shim_binary_is_copied_and_verified() {
-    let cache = testbed::paths::cache_root();
-    let Some(real) = std::fs::read_dir(&cache)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("target"))
-        .flat_map(|e| {
-            ["debug", "release"].map(|p| e.path().join(p).join("containerd-shim-wasmtime-v1"))
-        })
-        .find(|p| p.is_file())
-    else {
-        println!(
-            "no built containerd-shim-wasmtime-v1 in {}: nothing to check",
-            cache.display()
+/// The real Wasmtime shim of this workspace (built in this test's profile), installed
+/// by the real installer: copied and hash-verified, our handler served over CRI, then a
+/// Wasm container runs through the INSTALLED file. `ctr run --runtime <absolute path>`
+/// makes containerd start exactly that binary (an absolute runtime name is the shim's
+/// path on every version here), and no other copy is on containerd's PATH or beside it.
+/// A re-run changes and restarts nothing. The figures feed `cargo xtask bench installer`.
+#[rstest]
+#[case("1.6.20")]
+#[case("1.7.24")]
+#[case("2.1.9")]
+fn real_shim_installed_runs_wasm(#[case] version: &'static str) {
+    let built = support::real_shim();
+    let c = Containerd::start(version);
+    let r = Run::with_shim(&c, "real", &built);
+    for dir in c.shim_search_dirs() {
+        assert!(
+            !dir.join(support::SHIM_NAME).exists(),
+            "{} would let containerd find a shim other than the installed one",
+            dir.display()
         );
-        return;
-    };
-    let c = Containerd::start("1.7.24");
-    let r = Run::new(&c, "real");
-    // A private copy: the shim build may replace the cached file meanwhile.
-    std::fs::copy(&real, &r.shim).unwrap();
+    }
+
+    let restarts = c.restarts();
+    let probe = OutageProbe::start(&c.socket);
+    let t = Instant::now();
     let report = r.ok("install");
-    assert_eq!(report["shim"], "copied");
-    assert_eq!(
-        wasm_installer::host::sha256_file(&r.shim_dest()).unwrap(),
-        wasm_installer::host::sha256_file(&r.shim).unwrap()
+    let install_time = t.elapsed();
+    let outage = probe.finish();
+    let install_reported_ms = report["elapsed_ms"].clone();
+    assert_eq!(report["shim"], "copied", "{report}");
+    assert_eq!(report["config"], "written", "{report}");
+    assert_eq!(report["restarted"], true, "{report}");
+    assert_eq!(c.restarts(), restarts + 1);
+    assert!(
+        r.knows_handler(),
+        "containerd {version} does not serve our handler"
     );
+    assert!(
+        std::fs::read(r.shim_dest()).unwrap() == std::fs::read(&r.shim).unwrap(),
+        "the installed shim differs from the source"
+    );
+
+    // A Wasm container through the installed binary: its stdout and its exit code.
+    let ns = format!("{}-ctr", r.name);
+    c.import(
+        &ns,
+        &support::wasm_image(
+            "hello",
+            &support::hello_wasm("hello from the installed shim\n", 7),
+        ),
+    );
+    let out = c
+        .ctr(&ns)
+        .args(["run", "--rm", "--runtime"])
+        .arg(r.shim_dest())
+        .arg(support::wasm_image_name("hello"))
+        .arg(format!("hello-{}", std::process::id()))
+        .output()
+        .unwrap();
+    // ctr's default cgroup is /<namespace>/<id>; the shim's state is per namespace.
+    support::remove_cgroups(&ns);
+    let _ = std::fs::remove_dir_all(Path::new("/run/containerd/wasmtime").join(&ns));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the installed shim\n",
+        "containerd {version}: {}\ncontainerd log:\n{}",
+        support::describe(&out),
+        c.log_tail()
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", support::describe(&out));
+
+    // No-op re-run: nothing written, no restart.
+    let restarts = c.restarts();
+    let (config_mtime, shim_mtime) = (mtime(&c.config), mtime(&r.shim_dest()));
+    let t = Instant::now();
     let report = r.ok("install");
-    assert_eq!(report["shim"], "unchanged");
+    let noop_time = t.elapsed();
+    let noop_restarts = c.restarts() - restarts;
+    assert_eq!(report["shim"], "unchanged", "{report}");
+    assert_eq!(report["config"], "unchanged", "{report}");
+    assert_eq!(report["restarted"], false, "{report}");
+    assert_eq!(noop_restarts, 0, "a no-op run restarted containerd");
+    assert_eq!(mtime(&c.config), config_mtime);
+    assert_eq!(mtime(&r.shim_dest()), shim_mtime);
+
     r.ok("uninstall");
     assert!(!r.shim_dest().exists());
+    c.wait_serving(Duration::from_secs(10)).unwrap();
+    assert!(!r.knows_handler());
+
+    support::record_bench(&serde_json::json!({
+        "containerd": version,
+        "shim_bytes": std::fs::metadata(&r.shim).unwrap().len(),
+        "install_ms": install_time.as_secs_f64() * 1e3,
+        "installer_reported_ms": install_reported_ms,
+        "cri_gap_ms": outage.as_secs_f64() * 1e3,
+        "noop_ms": noop_time.as_secs_f64() * 1e3,
+        "noop_restarts": noop_restarts,
+    }));
 }
 
 /// `install` stays running: Ready through the probe, repairs a config that lost our

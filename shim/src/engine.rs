@@ -12,7 +12,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, Module, Precompiled, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Precompiled,
+    Store, UpdateDeadline,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -105,8 +108,9 @@ impl Outcome {
     }
 }
 
-/// Guest network access. Preview 1 modules have no way to create sockets at all, so this
-/// only matters for components (`wasi:sockets`).
+/// Guest network access (`wasi:sockets`, outgoing `wasi:http`). Preview 1 modules have no
+/// way to create sockets at all, so this only matters for components. Listening on the
+/// container's HTTP port is the host's doing and always allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkPolicy {
     #[default]
@@ -115,15 +119,18 @@ pub enum NetworkPolicy {
 }
 
 impl NetworkPolicy {
-    /// `WASMRUNTIME_NETWORK=allow` in the container env allows; anything else denies.
-    pub fn from_env(env: &[(String, String)]) -> Self {
+    /// The container decides with `WASMRUNTIME_NETWORK=allow|deny` (the pod spec's env);
+    /// without it (or with another value, logged) the node's default applies, which is
+    /// the WasmRuntime's `spec.wasm.network` from `options.json`.
+    pub fn resolve(env: &[(String, String)], default: NetworkPolicy) -> Self {
         match env.iter().rev().find(|(k, _)| k == NETWORK_ENV) {
             Some((_, v)) if v.eq_ignore_ascii_case("allow") => NetworkPolicy::Allow,
-            Some((_, v)) if !v.eq_ignore_ascii_case("deny") => {
-                tracing::warn!(value = %v, "unknown {NETWORK_ENV} value, network stays denied");
-                NetworkPolicy::Deny
+            Some((_, v)) if v.eq_ignore_ascii_case("deny") => NetworkPolicy::Deny,
+            Some((_, v)) => {
+                tracing::warn!(value = %v, ?default, "unknown {NETWORK_ENV} value, the node default applies");
+                default
             }
-            _ => NetworkPolicy::Deny,
+            None => default,
         }
     }
 }
@@ -229,6 +236,25 @@ pub struct WasmEngine {
 
 impl WasmEngine {
     pub fn new() -> Result<Self, Error> {
+        Self::with_config(Self::config())
+    }
+
+    /// The same engine with the pooling instance allocator, for servers that instantiate
+    /// once per request (`wasi:http`): linear memories, tables and stacks are reused from
+    /// a pool reserved up front instead of being mmap'd and unmapped per request, which
+    /// is what `wasmtime serve` does too. The pool costs address space (terabytes,
+    /// reserved, not committed), so one-shot guests do not get it. The allocation strategy
+    /// does not change compiled code: artifacts move between the two engines (see
+    /// [`WasmEngine::adopt`]) and share cache entries.
+    pub fn pooling() -> Result<Self, Error> {
+        let mut config = Self::config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+        Self::with_config(config)
+    }
+
+    fn config() -> Config {
         let mut config = Config::new();
         config
             // how SIGTERM reaches a guest that never calls the host
@@ -236,8 +262,25 @@ impl WasmEngine {
             .wasm_component_model(true)
             // real-world toolchains already emit exception-handling code
             .wasm_exceptions(true);
+        config
+    }
+
+    fn with_config(config: Config) -> Result<Self, Error> {
         let engine = Engine::new(&config).map_err(|e| Error::Engine(e.into()))?;
         Ok(Self { engine })
+    }
+
+    /// `component`, compiled for another engine of the same settings, as this engine's:
+    /// serialized and loaded again (a copy of the compiled code, no compilation).
+    pub fn adopt(&self, component: &Component) -> Result<Component, Error> {
+        let bytes = self.serialize(&Guest::Component(component.clone()))?;
+        match self.deserialize("the component", &bytes)? {
+            Guest::Component(c) => Ok(c),
+            Guest::Module(_) => Err(Error::Deserialize {
+                origin: "the component".to_string(),
+                source: "a serialized component loaded as a core module".into(),
+            }),
+        }
     }
 
     pub fn inner(&self) -> &Engine {

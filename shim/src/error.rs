@@ -87,6 +87,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("guest options {path}")]
+    Options {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+
     #[error("guest stopped on request (SIGTERM)")]
     Stopped,
+}
+
+/// An error with all its sources, `: `-separated (for logs and the container's stderr).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -174,6 +174,17 @@ pub async fn serve(
     stop: &StopHandle,
     listener: TcpListener,
 ) -> Result<Outcome, Error> {
+    // One instance per request: use the pooling allocator (see `WasmEngine::pooling`).
+    // Without it (no address space for the pool, e.g. under `ulimit -v`) requests are
+    // served all the same, just with an mmap per instance.
+    let pooled = WasmEngine::pooling().and_then(|p| Ok((p.adopt(component)?, p)));
+    let (component, engine) = match &pooled {
+        Ok((c, p)) => (c, p),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(e), "pooling allocator unavailable");
+            (component, engine)
+        }
+    };
     let mut linker = Linker::<RequestState>::new(engine.inner());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))

@@ -10,6 +10,9 @@
 //! - [`http`]: serves components exporting `wasi:http/incoming-handler`.
 //! - [`mounts`], [`limits`]: what the guest may see (preopens) and how much memory it may
 //!   use, derived from the container's own `/proc/self/{mountinfo,cgroup}`.
+//! - [`logging`]: our `tracing` events into the shim log, without a record per WASI call.
+//! - [`options`]: the node's guest defaults (`options.json` beside the shim, written by
+//!   the installer from the WasmRuntime).
 //! - [`cache`]: precompiled-module cache (file cache for rootfs modules, [`Compiler`] for OCI
 //!   Wasm artifacts).
 //! - [`shim`]: the `Shim`/`Sandbox` glue to containerd-shim-wasm.
@@ -20,7 +23,9 @@ pub mod cache;
 pub mod engine;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod mounts;
+pub mod options;
 pub mod shim;
 
 mod error;

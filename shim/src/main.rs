@@ -6,7 +6,7 @@ use std::ffi::OsString;
 
 use clap::Parser;
 use containerd_shim_wasm::shim::Cli as _;
-use containerd_shim_wasmtime::{WasmtimeShim, cache};
+use containerd_shim_wasmtime::{WasmtimeShim, cache, limits, logging, options};
 
 const LONG_ABOUT: &str = "\
 containerd shim v2 that runs WebAssembly containers with Wasmtime.
@@ -16,13 +16,18 @@ runtime with runtime_type \"io.containerd.wasmtime.v1\" (and runtime_path pointi
 then run a container whose entrypoint is a .wasm file, or an OCI Wasm artifact, e.g.
   ctr run --rm --runtime io.containerd.wasmtime.v1 <image> <id>
 
-Runs WASI preview 1 command modules (_start) and WASI preview 2 components
-(wasi:cli/run). The guest sees the container rootfs read-only and its volumes with their
+Runs WASI preview 1 command modules (_start), WASI preview 2 components (wasi:cli/run)
+and wasi:http/incoming-handler components (served over HTTP). The guest sees the container rootfs read-only and its volumes with their
 own ro/rw modes; its linear memory is capped at the container memory limit (exit 137 when
 exceeded); SIGTERM stops it (exit 143).
 
 Environment of the container:
-  WASMRUNTIME_NETWORK=allow   give the guest network access (denied by default)
+  WASMRUNTIME_NETWORK=allow|deny   the guest's network access (wasi:sockets, outgoing
+                                   wasi:http); without it, the node default applies
+  WASMRUNTIME_HTTP_PORT=PORT       port of a wasi:http component [default: 8080]
+options.json beside this binary (written by wasm-installer; node defaults, read at start):
+  {\"network\": \"deny\"|\"allow\", \"precompile\": true|false,
+   \"defaultMemoryLimitBytes\": N|null}     [default: deny, true, null]
 Environment of the shim (containerd's):
   WASMRUNTIME_CACHE_DIR=DIR   precompiled-module cache [default: /var/lib/wasmruntime/cache]
                               ('off' disables it)
@@ -58,7 +63,11 @@ fn main() {
         HumanCli::parse();
         return;
     }
-    cache::open_for_containers();
-    containerd_shim_wasmtime::limits::open_host_cgroups();
+    // Before `run`, which forks the zygote: container inits inherit all of this.
+    logging::install();
+    if options::load_beside_binary().precompile {
+        cache::open_for_containers();
+    }
+    limits::open_host_cgroups();
     WasmtimeShim::run(None);
 }

@@ -17,8 +17,8 @@ use crate::cache::{self, OciCompiler};
 use crate::engine::{
     Guest, NetworkPolicy, Outcome, RunConfig, Stdio, StopHandle, WasmEngine, WasmKind, check_wasm,
 };
-use crate::error::Error;
-use crate::{limits, mounts};
+use crate::error::{Error, chain};
+use crate::{limits, mounts, options};
 
 /// Layer media types taken from OCI Wasm artifacts: runwasi's two, the `w3c` module type
 /// some older tools push, and the CNCF TAG Runtime Wasm artifact layer (whose image config
@@ -49,6 +49,9 @@ impl Shim for WasmtimeShim {
     type Sandbox = WasmtimeSandbox;
 
     async fn compiler() -> Option<impl Compiler> {
+        if !options::loaded().options.precompile {
+            return None;
+        }
         match WasmEngine::new() {
             Ok(engine) => Some(OciCompiler::new(engine)),
             Err(e) => {
@@ -110,6 +113,10 @@ impl Sandbox for WasmtimeSandbox {
 }
 
 async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
+    let node = options::loaded();
+    if let Some(problem) = &node.problem {
+        tracing::warn!(%problem, "options.json unusable; node defaults apply (network denied)");
+    }
     let env = env_pairs(ctx.envs());
     let entrypoint = ctx.entrypoint();
     let engine = WasmEngine::new()?;
@@ -141,11 +148,11 @@ async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
     }
     let cfg = RunConfig {
         args,
-        network: NetworkPolicy::from_env(&env),
+        network: NetworkPolicy::resolve(&env, node.options.network),
         env,
         cwd: cwd.as_ref().and_then(|c| c.to_str()).map(str::to_string),
         preopens: mounts::container_preopens(cwd.as_deref()),
-        memory_limit: limits::container_memory_limit(),
+        memory_limit: limits::container_memory_limit().or(node.options.default_memory_limit_bytes),
         stdio: Stdio::Inherit,
         func: entrypoint.func,
     };
@@ -231,17 +238,6 @@ fn report(outcome: &Outcome) {
             tracing::warn!(%trap, "guest trapped");
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `K=V` strings from the OCI spec into pairs; an entry without `=` is a key with an

@@ -44,14 +44,18 @@ fn go_style_v_is_delegated() {
     assert!(text.contains("Runtime: wasmtime"), "{text}");
 }
 
-/// Nodes must need nothing beyond glibc. Run against the release binary:
-/// `SHIM_BINARY=$CARGO_TARGET_DIR/release/containerd-shim-wasmtime-v1 cargo test -p
-/// containerd-shim-wasmtime --test cli -- --ignored`
+/// The binary under test: `$SHIM_BINARY` (e.g. the release build), else this build's.
+/// Both link libseccomp statically (`.cargo/config.toml`).
+fn binary() -> String {
+    std::env::var("SHIM_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_containerd-shim-wasmtime-v1").to_string())
+}
+
+/// Nodes must need nothing beyond glibc: every library `ldd` lists is part of glibc (or
+/// `libgcc_s`, which Debian's libc6 itself depends on; Rust's unwinder uses it).
 #[test]
-#[ignore = "needs SHIM_BINARY pointing at a release build"]
 fn links_only_glibc() {
-    let binary = std::env::var("SHIM_BINARY").expect("SHIM_BINARY");
-    let out = Command::new("ldd").arg(&binary).output().expect("ldd");
+    let out = Command::new("ldd").arg(binary()).output().expect("ldd");
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     let glibc = [
@@ -64,10 +68,47 @@ fn links_only_glibc() {
         "libdl.so",
         "librt.so",
     ];
-    let extra: Vec<&str> = text
-        .lines()
-        .map(str::trim)
+    let libs: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(libs.iter().any(|l| l.starts_with("libc.so.6")), "{text}");
+    let extra: Vec<&&str> = libs
+        .iter()
         .filter(|l| !glibc.iter().any(|g| l.contains(g)))
         .collect();
     assert!(extra.is_empty(), "unexpected shared libraries: {extra:#?}");
+}
+
+/// The glibc the shim needs (documented in README.md): the highest `GLIBC_2.N` symbol
+/// version the binary references.
+const MIN_GLIBC: (u32, u32) = (2, 34);
+
+#[test]
+fn readme_states_the_glibc_the_binary_needs() {
+    let out = Command::new("objdump")
+        .args(["-T", &binary()])
+        .output()
+        .expect("objdump (binutils)");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let highest = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let (major, minor) = v.split_once('.')?;
+            let minor = minor.split('.').next()?;
+            Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+        })
+        .max()
+        .expect("the binary references versioned glibc symbols");
+    assert_eq!(
+        highest, MIN_GLIBC,
+        "the shim now needs glibc {}.{}: update MIN_GLIBC and the README",
+        highest.0, highest.1
+    );
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let documented = format!("glibc >= {}.{}", MIN_GLIBC.0, MIN_GLIBC.1);
+    assert!(
+        readme.contains(&documented),
+        "README.md must say {documented:?}"
+    );
 }

@@ -530,4 +530,3 @@ mod tests {
         assert!(files.contains_key("oci-layout"));
     }
 }
-

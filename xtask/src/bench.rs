@@ -1,7 +1,17 @@
 //! `cargo xtask bench shim`: our Wasm shim against runc and `wasmtime serve`, on one
-//! private containerd 2.x from the test bed, release builds only. Writes the `shim`
-//! section of docs/benchmarks.md.
+//! private containerd 2.x from the test bed, release shim. Writes the `shim` section of
+//! docs/benchmarks.md.
+//!
+//! - cold start: `ctr run --rm` end to end, Wasm hello through our shim (module cache hit
+//!   and miss) vs a static busybox `echo` through runc;
+//! - idle memory: RSS/PSS/USS of the shim and every process below it, per process, for
+//!   one container per shim (what `ctr run` does) and for several containers sharing one
+//!   shim (what a pod does: containerd groups a pod's containers by their
+//!   `io.kubernetes.cri.sandbox-id` annotation);
+//! - wasi:http hello: `wrk` against our shim and against `wasmtime serve` (wasmtime-cli of
+//!   the same Wasmtime version), same component.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,18 +24,32 @@ use crate::cmd;
 
 const RUNS: usize = 20;
 const WASMTIME_CLI: &str = "48.0.8";
+const RUNC: &str = "io.containerd.runc.v2";
+/// Containers in the "pod" memory measurement.
+const POD_SIZE: usize = 5;
+/// `wrk` settings, the same for both servers (a later `-d` wins for the warm-up).
+const WRK_ARGS: [&str; 3] = ["-t2", "-c16", "-d5s"];
+/// Alternating `wrk` rounds per server.
+const HTTP_ROUNDS: usize = 3;
 
 pub fn shim() -> Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(testbed::paths::cargo_target);
-    cmd::cargo(&["build", "--release", "-p", "containerd-shim-wasmtime"])?;
+    crate::testbed::install_all()?;
+    let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?);
+    // libseccomp is linked statically (.cargo/config.toml): the binary nodes get.
+    cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "containerd-shim-wasmtime",
+    ])?;
     let shim = target.join("release/containerd-shim-wasmtime-v1");
     let work = tempfile::tempdir()?;
     let fixtures = work.path().join("fixtures");
-    cmd::cargo(&[
+    // The fixture writer in the debug profile: its dependencies are the tests' own build.
+    cargo(&[
         "run",
-        "--release",
+        "--locked",
         "-p",
         "containerd-shim-wasmtime",
         "--example",
@@ -60,76 +84,108 @@ pub fn shim() -> Result<()> {
         &wasm_image("sleep", read("sleep.wasm")?),
     )?;
     import(&ctrd, work.path(), &wasm_image("http", read("http.wasm")?))?;
-    let native = RootfsImage::new("docker.io/bench/busybox:1")
+    let native = RootfsImage::new(&image("busybox"))
         .file("/bin/busybox", std::fs::read(busybox)?, 0o755)
         .entrypoint(&["/bin/busybox"]);
     import(&ctrd, work.path(), &native)?;
+    let load_before = load_average();
 
-    // Cold starts: `ctr run --rm` end to end, one warm-up run each, medians of RUNS.
-    let runc = time_runs(
-        &ctrd,
-        "io.containerd.runc.v2",
-        "busybox",
-        &["/bin/busybox", "echo", "hi"],
-        || Ok(()),
-    )?;
-    let cached = time_runs(&ctrd, WASMTIME_RUNTIME, "hello", &[], || Ok(()))?;
-    let uncached = time_runs(&ctrd, WASMTIME_RUNTIME, "hello", &[], || {
-        // every run compiles: the file cache is emptied first
-        let _ = std::fs::remove_dir_all(&cache);
-        Ok(())
-    })?;
-
-    let (wasm_mem, runc_mem) = (
-        idle_memory(&ctrd, WASMTIME_RUNTIME, "sleep", &[])?,
-        idle_memory(
+    // Cold starts, interleaved (runc, cache hit, cache miss, runc, ...) so that load from
+    // elsewhere on the machine hits all three alike; round 0 is the warm-up.
+    let mut starts = Starts::default();
+    for round in 0..=RUNS {
+        let runc = run_once(
             &ctrd,
-            "io.containerd.runc.v2",
+            RUNC,
             "busybox",
-            &["/bin/busybox", "sleep", "600"],
-        )?,
-    );
-
-    let port = free_port()?;
-    let ours = serve_and_load(&wrk, port, || {
-        let mut c = ctrd.ctr();
-        c.args([
-            "run",
-            "--rm",
-            "--net-host",
-            "--runtime",
+            round,
+            &["/bin/busybox", "echo", "hi"],
+            "hi",
+        )?;
+        let hit = run_once(
+            &ctrd,
             WASMTIME_RUNTIME,
-            "--env",
-        ])
-        .arg(format!("WASMRUNTIME_HTTP_PORT={port}"))
-        .args([&image("http"), "bench-http"]);
-        c
-    })?;
-    let _ = ctrd
-        .ctr()
-        .args(["tasks", "kill", "-s", "SIGKILL", "bench-http"])
-        .output();
-    let port = free_port()?;
-    let theirs = serve_and_load(&wrk, port, || {
-        let mut c = Command::new(&wasmtime);
-        c.args(["serve", "--addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(fixtures.join("http.wasm"));
-        c
-    })?;
+            "hello",
+            round,
+            &[],
+            "hello from wasm",
+        )?;
+        // a miss: the file cache is emptied first, so the run compiles
+        let _ = std::fs::remove_dir_all(&cache);
+        let miss = run_once(
+            &ctrd,
+            WASMTIME_RUNTIME,
+            "hello-miss",
+            round,
+            &[],
+            "hello from wasm",
+        )?;
+        if round > 0 {
+            starts.runc.push(runc);
+            starts.hit.push(hit);
+            starts.miss.push(miss);
+        }
+    }
+    let log = ctrd.log();
+    let phases: Vec<Phases> = (1..=RUNS)
+        .filter_map(|round| Phases::of(&log, &run_id("hello", round)))
+        .collect();
+    let runc_windows: Vec<f64> = (1..=RUNS)
+        .filter_map(|round| shim_window(&log, &run_id("busybox", round)))
+        .collect();
 
-    let section = report(
-        &ctrd.version(),
-        &runc,
-        &cached,
-        &uncached,
-        wasm_mem,
-        runc_mem,
-        &ours,
-        &theirs,
-    );
+    let sleep_args: [&str; 3] = ["/bin/busybox", "sleep", "600"];
+    let idle = |runtime: &str, name: &str, args: &[&str]| -> Result<[Idle; 3]> {
+        Ok([
+            idle_memory(&ctrd, runtime, name, args, 1, false)?,
+            idle_memory(&ctrd, runtime, name, args, POD_SIZE, false)?,
+            idle_memory(&ctrd, runtime, name, args, POD_SIZE, true)?,
+        ])
+    };
+    let memory = Memory {
+        ours: idle(WASMTIME_RUNTIME, "sleep", &[])?,
+        runc: idle(RUNC, "busybox", &sleep_args)?,
+    };
+
+    let (ours, theirs) = http_load(&ctrd, &wrk, &wasmtime, &fixtures.join("http.wasm"))?;
+
+    let section = report(&Figures {
+        containerd: ctrd.version(),
+        load: (load_before, load_average()),
+        starts,
+        phases,
+        runc_windows,
+        memory,
+        ours,
+        theirs,
+    });
     println!("{section}");
     cmd::update_doc_section("docs/benchmarks.md", "shim", &section)
+}
+
+/// `cargo <args>` without the `CARGO_PKG_*`/`CARGO_MANIFEST_*` variables `cargo run` gave
+/// xtask: build scripts that watch them (ring's does) would otherwise rerun, and
+/// everything above them rebuild, whenever a build alternates between xtask and a shell.
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args).current_dir(cmd::workspace_root());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+        {
+            c.env_remove(&*k);
+        }
+    }
+    cmd::run(&mut c)
 }
 
 fn image(name: &str) -> String {
@@ -149,72 +205,226 @@ fn import(ctrd: &Containerd, dir: &Path, img: &RootfsImage) -> Result<()> {
     Ok(())
 }
 
-fn time_runs(
+fn run_id(name: &str, round: usize) -> String {
+    format!("bench-{name}-{round}")
+}
+
+/// Wall time of one `ctr run --rm` (create, start, wait, delete: what a user waits for);
+/// the output must contain `expect`.
+fn run_once(
+    ctrd: &Containerd,
+    runtime: &str,
+    name: &str,
+    round: usize,
+    args: &[&str],
+    expect: &str,
+) -> Result<Duration> {
+    let id = run_id(name, round);
+    let start = Instant::now();
+    let out = ctrd
+        .ctr()
+        .args(["run", "--rm", "--runtime", runtime, &image(name), &id])
+        .args(args)
+        .output()?;
+    let took = start.elapsed();
+    if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains(expect) {
+        bail!("{name} via {runtime}: {out:?}");
+    }
+    Ok(took)
+}
+
+#[derive(Default)]
+struct Starts {
+    runc: Vec<Duration>,
+    hit: Vec<Duration>,
+    miss: Vec<Duration>,
+}
+
+/// `time="2026-12-02T09:55:59.072131892Z"` of a containerd log line, as seconds since
+/// midnight (a run never spans midnight by more than its own length; see `span`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.strip_prefix("time=\"")?.split('"').next()?;
+    let clock = t.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// Milliseconds from `a` to `b`, across midnight if need be.
+fn span(a: f64, b: f64) -> f64 {
+    (b - a).rem_euclid(86_400.0) * 1000.0
+}
+
+fn first_time(log: &str, pred: impl Fn(&str) -> bool) -> Option<f64> {
+    log.lines().find(|l| pred(l)).and_then(log_time)
+}
+
+/// containerd's view of one run of a runtime: from connecting to the started shim to
+/// the shim's disconnect (create, start, the program, delete, shim exit), in ms.
+fn shim_window(log: &str, id: &str) -> Option<f64> {
+    let connect = first_time(log, |l| {
+        l.contains(&format!("msg=\"connecting to shim {id}\""))
+    })?;
+    let gone = first_time(log, |l| {
+        l.contains("msg=\"shim disconnected\"") && l.contains(&format!(" id={id} "))
+    })?;
+    Some(span(connect, gone))
+}
+
+/// Where the time of one Wasm run goes, from containerd's log (the shim logs through it),
+/// in ms.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    /// connect -> start request: create (containerd-shim-wasm asks containerd for Wasm
+    /// layers, the zygote forks, youki builds the container)
+    create: f64,
+    /// start request -> our `run_wasi` is called in the container
+    start: f64,
+    /// `run_wasi` -> guest exited (engine, cache load, the guest)
+    run: f64,
+    /// guest exited -> shim disconnected (exit reported, delete, shim exit)
+    teardown: f64,
+}
+
+impl Phases {
+    fn of(log: &str, id: &str) -> Option<Self> {
+        let mine = |msg: &'static str| {
+            first_time(log, move |l| {
+                l.contains(&format!("instance=\"{id}\"")) && l.contains(msg)
+            })
+        };
+        let connect = first_time(log, |l| {
+            l.contains(&format!("msg=\"connecting to shim {id}\""))
+        })?;
+        let start = first_time(log, |l| {
+            l.contains(&format!("msg=\"starting instance: {id}\""))
+        })?;
+        let called = mine("msg=\"calling start function\"")?;
+        let exited = mine("msg=\"guest exited")?;
+        let window = shim_window(log, id)?;
+        Some(Self {
+            create: span(connect, start),
+            start: span(start, called),
+            run: span(called, exited),
+            teardown: window - span(connect, exited),
+        })
+    }
+}
+
+/// One process of a shim's tree, memory in KiB from `/proc/<pid>/smaps_rollup`.
+#[derive(Debug, Clone)]
+struct Proc {
+    /// Position in the tree and what it runs, e.g. "shim > zygote".
+    role: String,
+    rss: u64,
+    pss: u64,
+    /// Anonymous memory, proportionally (`Pss_Anon`): heap, stacks, copy-on-write pages
+    /// not yet shared out; unlike the binary's code pages, not shared with other shims
+    /// and not reclaimable.
+    anon: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Idle {
+    containers: usize,
+    pod: bool,
+    procs: Vec<Proc>,
+}
+
+/// One container; `POD_SIZE` containers with a shim each; `POD_SIZE` in one shim.
+struct Memory {
+    ours: [Idle; 3],
+    runc: [Idle; 3],
+}
+
+/// Starts `n` idle containers, each with its own shim (`ctr run -d`) or all in one shim
+/// (`pod`: the CRI sandbox-id annotation), lets them settle, reads the memory of every
+/// shim process and everything below it, then removes the containers.
+fn idle_memory(
     ctrd: &Containerd,
     runtime: &str,
     name: &str,
     args: &[&str],
-    before_each: impl Fn() -> Result<()>,
-) -> Result<Vec<Duration>> {
-    let mut times = Vec::new();
-    for i in 0..=RUNS {
-        before_each()?;
-        let id = format!("bench-{name}-{i}");
-        let start = Instant::now();
-        let out = ctrd
-            .ctr()
-            .args(["run", "--rm", "--runtime", runtime, &image(name), &id])
-            .args(args)
-            .output()?;
-        let took = start.elapsed();
-        if !out.status.success() {
-            bail!("{name} via {runtime}: {out:?}");
+    n: usize,
+    pod: bool,
+) -> Result<Idle> {
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("idle-{name}-{n}-{pod}-{i}"))
+        .collect();
+    let sandbox = format!("io.kubernetes.cri.sandbox-id=bench-pod-{name}");
+    for id in &ids {
+        let mut c = ctrd.ctr();
+        c.args(["run", "-d", "--runtime", runtime]);
+        if pod {
+            c.args(["--annotation", &sandbox]);
         }
-        if i > 0 {
-            times.push(took);
+        let out = c.args([&image(name), id]).args(args).output()?;
+        if !out.status.success() {
+            bail!("{name}: {out:?}");
         }
     }
-    times.sort();
-    Ok(times)
+    std::thread::sleep(Duration::from_secs(3));
+    let procs = shim_tree(ctrd);
+    for id in &ids {
+        let _ = ctrd
+            .ctr()
+            .args(["tasks", "kill", "-s", "SIGKILL", id])
+            .output();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for id in &ids {
+        let _ = ctrd.ctr().args(["tasks", "delete", "-f", id]).output();
+        let _ = ctrd.ctr().args(["containers", "delete", id]).output();
+    }
+    let shims = procs.iter().filter(|p| p.role == "shim").count();
+    if shims != if pod { 1 } else { n } {
+        bail!("{name} x{n} (pod {pod}): {shims} shims, processes {procs:#?}");
+    }
+    Ok(Idle {
+        containers: n,
+        pod,
+        procs,
+    })
 }
 
-/// (RSS, PSS) in KiB summed over the shim and every process below it, for one idle
-/// container.
-fn idle_memory(ctrd: &Containerd, runtime: &str, name: &str, args: &[&str]) -> Result<(u64, u64)> {
-    let id = format!("idle-{name}");
-    let out = ctrd
-        .ctr()
-        .args(["run", "-d", "--runtime", runtime, &image(name), &id])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("{name}: {out:?}");
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let mut pids = ctrd.shim_pids();
-    let mut i = 0;
-    while i < pids.len() {
-        let new: Vec<u32> = children(pids[i])
-            .into_iter()
-            .filter(|c| !pids.contains(c))
-            .collect();
-        pids.extend(new);
-        i += 1;
-    }
-    let (mut rss, mut pss) = (0, 0);
-    for pid in &pids {
+/// Every shim process of `ctrd` and its descendants, parents before children.
+fn shim_tree(ctrd: &Containerd) -> Vec<Proc> {
+    let mut procs: Vec<Proc> = Vec::new();
+    let all = ctrd.shim_pids();
+    let mut queue: Vec<(u32, String)> = all
+        .iter()
+        .copied()
+        // forked processes (zygotes, container inits) carry the shim's command line too;
+        // start from the roots only
+        .filter(|&p| stat_ppid(p).is_none_or(|pp| !all.contains(&pp)))
+        .map(|p| (p, "shim".to_string()))
+        .collect();
+    while let Some((pid, role)) = queue.pop() {
         let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        rss += field_kib(&text, "Rss:");
-        pss += field_kib(&text, "Pss:");
+        let kib = |f: &str| field_kib(&text, f);
+        procs.push(Proc {
+            role: role.clone(),
+            rss: kib("Rss:"),
+            pss: kib("Pss:"),
+            anon: kib("Pss_Anon:"),
+        });
+        for child in children(pid) {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            queue.push((child, format!("{role} > {}", comm.trim())));
+        }
     }
-    let _ = ctrd
-        .ctr()
-        .args(["tasks", "kill", "-s", "SIGKILL", &id])
-        .output();
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = ctrd.ctr().args(["tasks", "delete", "-f", &id]).output();
-    let _ = ctrd.ctr().args(["containers", "delete", &id]).output();
-    Ok((rss, pss))
+    procs
+}
+
+fn stat_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // after the parenthesised comm: state, ppid
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -232,34 +442,110 @@ fn field_kib(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Load {
     rps: f64,
     p99_ms: f64,
+    errors: u64,
 }
 
-/// Starts a server, waits for its port, runs `wrk` (2 threads, 16 connections, 10 s,
-/// after a 2 s warm-up), stops the server.
-fn serve_and_load(wrk: &Path, port: u16, server: impl Fn() -> Command) -> Result<Load> {
-    let mut child = server()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let url = format!("http://127.0.0.1:{port}/");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(60) || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            bail!("server on port {port} never listened");
+impl Load {
+    /// Median requests/s and median p99 of the rounds (each on its own), errors summed.
+    fn median(mut rounds: Vec<Load>) -> Load {
+        let errors = rounds.iter().map(|l| l.errors).sum();
+        rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let rps = rounds[rounds.len() / 2].rps;
+        rounds.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+        Load {
+            rps,
+            p99_ms: rounds[rounds.len() / 2].p99_ms,
+            errors,
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = Command::new(wrk)
-        .args(["-t2", "-c16", "-d2s", &url])
-        .output()?;
-    let out = cmd::output(Command::new(wrk).args(["-t2", "-c16", "-d10s", "--latency", &url]))?;
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// Both servers up at once on their own ports; `wrk` against each in turn, HTTP_ROUNDS
+/// rounds after a warm-up of each, so load from elsewhere hits both alike. Medians of the
+/// rounds.
+fn http_load(
+    ctrd: &Containerd,
+    wrk: &Path,
+    wasmtime: &Path,
+    component: &Path,
+) -> Result<(Load, Load)> {
+    let ours_port = free_port()?;
+    let mut ours = ctrd.ctr();
+    ours.args([
+        "run",
+        "--rm",
+        "--net-host",
+        "--runtime",
+        WASMTIME_RUNTIME,
+        "--env",
+    ])
+    .arg(format!("WASMRUNTIME_HTTP_PORT={ours_port}"))
+    .args([&image("http"), "bench-http"]);
+    let ours = Server::start(ours, ours_port)?;
+    let theirs_port = free_port()?;
+    let mut theirs = Command::new(wasmtime);
+    theirs
+        .args(["serve", "--addr"])
+        .arg(format!("127.0.0.1:{theirs_port}"))
+        .arg(component);
+    let theirs = Server::start(theirs, theirs_port);
+    let result = theirs.and_then(|theirs| {
+        let mut rounds: (Vec<Load>, Vec<Load>) = (Vec::new(), Vec::new());
+        for round in 0..=HTTP_ROUNDS {
+            let a = run_wrk(wrk, ours_port, round == 0)?;
+            let b = run_wrk(wrk, theirs_port, round == 0)?;
+            if round > 0 {
+                rounds.0.push(a);
+                rounds.1.push(b);
+            }
+        }
+        drop(theirs);
+        Ok((Load::median(rounds.0), Load::median(rounds.1)))
+    });
+    let _ = ctrd
+        .ctr()
+        .args(["tasks", "kill", "-s", "SIGTERM", "bench-http"])
+        .output();
+    drop(ours);
+    result
+}
+
+/// A server process, killed on drop.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(mut cmd: Command, port: u16) -> Result<Self> {
+        let mut child = Server(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(60) || child.0.try_wait()?.is_some() {
+                bail!("{cmd:?} never listened on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_wrk(wrk: &Path, port: u16, warm_up: bool) -> Result<Load> {
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut cmd = Command::new(wrk);
+    cmd.args(WRK_ARGS);
+    if warm_up {
+        cmd.arg("-d2s");
+    }
+    let out = cmd::output(cmd.args(["--latency", &url]))?;
     parse_wrk(&out).with_context(|| format!("wrk output:\n{out}"))
 }
 
@@ -280,7 +566,24 @@ fn parse_wrk(out: &str) -> Option<Load> {
     } else {
         p99.strip_suffix('s')?.parse::<f64>().ok()? * 1000.0
     };
-    Some(Load { rps, p99_ms })
+    // "Non-2xx or 3xx responses: N" and "Socket errors: connect a, read b, write c, timeout d"
+    let mut errors = 0;
+    for line in out.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += n.trim().parse::<u64>().ok()?;
+        }
+        if let Some(list) = line.strip_prefix("Socket errors:") {
+            errors += list
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Some(Load {
+        rps,
+        p99_ms,
+        errors,
+    })
 }
 
 fn free_port() -> Result<u16> {
@@ -297,71 +600,199 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// `wasmtime` from wasmtime-cli =48.0.8 in the cache, installed on first use (long build).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `wasmtime` from wasmtime-cli =48.0.8 in the cache, installed on first use (long build,
+/// in its own target dir so it neither waits for nor invalidates the workspace build).
 fn wasmtime_cli() -> Result<PathBuf> {
-    let root = testbed::paths::cache_root().join(format!("tools/wasmtime-{WASMTIME_CLI}"));
+    let tools = testbed::paths::cache_root().join("tools");
+    let root = tools.join(format!("wasmtime-{WASMTIME_CLI}"));
     let bin = root.join("bin/wasmtime");
     if !bin.exists() {
         eprintln!("xtask: cargo install wasmtime-cli {WASMTIME_CLI} (takes a while, once)");
-        cmd::cargo(&[
-            "install",
-            "wasmtime-cli",
-            "--locked",
-            "--version",
-            WASMTIME_CLI,
-            "--root",
-            root.to_str().context("utf-8 path")?,
-        ])?;
+        cmd::run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    "wasmtime-cli",
+                    "--locked",
+                    "--version",
+                    WASMTIME_CLI,
+                ])
+                .arg("--root")
+                .arg(&root)
+                .env("CARGO_TARGET_DIR", tools.join("wasmtime-build")),
+        )?;
     }
     Ok(bin)
 }
 
-fn median_ms(times: &[Duration]) -> f64 {
-    times[times.len() / 2].as_secs_f64() * 1000.0
+/// Median and 90th percentile of durations, in ms.
+fn stats_ms(times: &[Duration]) -> (f64, f64) {
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    (median(&ms), ms[(ms.len() * 9 / 10).min(ms.len() - 1)])
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    containerd: &str,
-    runc: &[Duration],
-    cached: &[Duration],
-    uncached: &[Duration],
-    wasm_mem: (u64, u64),
-    runc_mem: (u64, u64),
-    ours: &Load,
-    theirs: &Load,
-) -> String {
-    let (r, c, u) = (median_ms(runc), median_ms(cached), median_ms(uncached));
-    let mib = |k: u64| k as f64 / 1024.0;
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+struct Figures {
+    containerd: String,
+    load: (String, String),
+    starts: Starts,
+    phases: Vec<Phases>,
+    runc_windows: Vec<f64>,
+    memory: Memory,
+    ours: Load,
+    theirs: Load,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn report(f: &Figures) -> String {
+    let (r, r90) = stats_ms(&f.starts.runc);
+    let (h, h90) = stats_ms(&f.starts.hit);
+    let (m, m90) = stats_ms(&f.starts.miss);
     let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
-    format!(
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
         "## Shim (`cargo xtask bench shim`, {date})\n\n\
-         containerd {containerd}, release shim, {RUNS} runs each after one warm-up, medians.\n\n\
-         | `ctr run --rm` cold start | median | vs runc |\n|---|---|---|\n\
-         | static busybox `echo hi`, runc | {r:.1} ms | 1.00x |\n\
-         | Wasm hello, our shim, cache hit | {c:.1} ms | {:.2}x |\n\
-         | Wasm hello, our shim, no cache (compiles) | {u:.1} ms | {:.2}x |\n\n\
-         | idle container, shim + all its processes | RSS | PSS |\n|---|---|---|\n\
-         | our shim, Wasm guest blocked in a sleep | {:.1} MiB | {:.1} MiB |\n\
-         | runc shim + busybox `sleep` | {:.1} MiB | {:.1} MiB |\n\n\
-         | wasi:http hello (C component), `wrk -t2 -c16 -d10s` | requests/s | p99 |\n|---|---|---|\n\
-         | our shim via containerd (`--net-host`) | {:.0} | {:.2} ms |\n\
-         | `wasmtime serve` (wasmtime-cli {WASMTIME_CLI}) | {:.0} | {:.2} ms |\n\
-         | ratio ours / wasmtime serve | {:.2}x | {:.2}x |\n",
-        c / r,
-        u / r,
-        mib(wasm_mem.0),
-        mib(wasm_mem.1),
-        mib(runc_mem.0),
-        mib(runc_mem.1),
-        ours.rps,
-        ours.p99_ms,
-        theirs.rps,
-        theirs.p99_ms,
-        ours.rps / theirs.rps,
-        ours.p99_ms / theirs.p99_ms,
+         containerd {}, release shim (libseccomp static), {cpus} CPUs, load average {} before \
+         and {} after (other work on the machine shows up here; the runs are interleaved so \
+         it hits both sides of each comparison alike).\n",
+        f.containerd,
+        f.load.0,
+        f.load.1,
         date = date.trim(),
-    )
+    );
+    let _ = writeln!(
+        s,
+        "### `ctr run --rm` cold start\n\n\
+         Create, start, wait for exit, delete, as `ctr` reports it done; {RUNS} rounds of \
+         (runc, Wasm cache hit, Wasm cache miss) after one warm-up round.\n\n\
+         | image, runtime | median | p90 | median vs runc | goal |\n|---|---|---|---|---|\n\
+         | static busybox `echo hi`, runc | {r:.1} ms | {r90:.1} ms | 1.00x | |\n\
+         | Wasm hello (p1 module), our shim, module cache hit | {h:.1} ms | {h90:.1} ms | {:.2}x | <= 0.5x |\n\
+         | Wasm hello, our shim, cache emptied before each run (compiles) | {m:.1} ms | {m90:.1} ms | {:.2}x | |\n",
+        h / r,
+        m / r,
+    );
+    let ph = |g: fn(&Phases) -> f64| median(&f.phases.iter().map(g).collect::<Vec<_>>());
+    let ours_window = ph(|p| p.create + p.start + p.run + p.teardown);
+    let runc_window = median(&f.runc_windows);
+    let _ = writeln!(
+        s,
+        "Where the time goes (medians, from containerd's log, which the shims log into; \
+         cache-hit runs). \"In the shim\" runs from containerd connecting to the started shim \
+         to the shim's disconnect; the rest is `ctr` and containerd (image, snapshot, \
+         mounts, starting the shim binary):\n\n\
+         | | runc | our shim |\n|---|---|---|\n\
+         | total (`ctr run --rm`) | {r:.1} ms | {h:.1} ms |\n\
+         | outside the shim | {:.1} ms | {:.1} ms |\n\
+         | in the shim | {runc_window:.1} ms | {ours_window:.1} ms |\n\
+         | - create (containerd-shim-wasm: Wasm-layer lookup over containerd's API, zygote fork, youki) | | {:.1} ms |\n\
+         | - start request -> our `run_wasi` called in the container | | {:.1} ms |\n\
+         | - `run_wasi`: engine, cache load, guest, exit | | {:.1} ms |\n\
+         | - guest exit -> shim gone (exit event, delete, shim exit) | | {:.1} ms |\n",
+        r - runc_window,
+        h - ours_window,
+        ph(|p| p.create),
+        ph(|p| p.start),
+        ph(|p| p.run),
+        ph(|p| p.teardown),
+    );
+    let per =
+        |i: &Idle, g: fn(&Proc) -> u64| mib(i.procs.iter().map(g).sum()) / i.containers as f64;
+    let _ = writeln!(
+        s,
+        "### Idle memory per running container\n\n\
+         The shim and every process below it, summed, divided by the containers. RSS counts \
+         a page once per process that maps it (the shim binary's code pages, shared by \
+         every shim through the page cache, and pages shared by forked processes); PSS \
+         divides each page among its sharers; anonymous (`Pss_Anon`) is the heap and stack \
+         memory, which no other shim shares and the kernel cannot reclaim. Goal: <= 8 MB \
+         per running container.\n\n\
+         | runtime, containers | RSS | PSS | anonymous |\n|---|---|---|---|"
+    );
+    for (who, idles) in [
+        ("our shim (Wasm guest in a sleep)", &f.memory.ours),
+        ("runc (busybox `sleep`)", &f.memory.runc),
+    ] {
+        for i in idles.iter() {
+            let how = match (i.containers, i.pod) {
+                (1, _) => "1 container".to_string(),
+                (n, false) => format!("{n} containers, a shim each (`ctr run -d`)"),
+                (n, true) => format!("{n} containers in one shim (a pod: same sandbox id)"),
+            };
+            let _ = writeln!(
+                s,
+                "| {who}, {how} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                per(i, |p| p.rss),
+                per(i, |p| p.pss),
+                per(i, |p| p.anon),
+            );
+        }
+    }
+    s.push('\n');
+    for (what, idle) in [
+        ("our shim, 1 container".to_string(), &f.memory.ours[0]),
+        (
+            format!("our shim, {POD_SIZE} containers in one shim"),
+            &f.memory.ours[2],
+        ),
+        ("runc, 1 container".to_string(), &f.memory.runc[0]),
+    ] {
+        let _ = writeln!(
+            s,
+            "Processes, {what}:\n\n| process (parent > child, `comm`) | RSS | PSS | anonymous |\n|---|---|---|---|"
+        );
+        for p in &idle.procs {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                p.role,
+                mib(p.rss),
+                mib(p.pss),
+                mib(p.anon)
+            );
+        }
+        s.push('\n');
+    }
+    let (o, t) = (&f.ours, &f.theirs);
+    let _ = writeln!(
+        s,
+        "### wasi:http hello\n\n\
+         The C component of the tests (`http_hello.c`, one instance per request), \
+         `wrk {} --latency`, {HTTP_ROUNDS} rounds against each server in turn after a \
+         warm-up, medians; both servers on 127.0.0.1, `wrk` shares the CPUs with them. \
+         Goal: >= 1.0x requests/s.\n\n\
+         | server | requests/s | p99 | errors |\n|---|---|---|---|\n\
+         | our shim via containerd (`ctr run --net-host`) | {:.0} | {:.2} ms | {} |\n\
+         | `wasmtime serve` (wasmtime-cli {WASMTIME_CLI}) | {:.0} | {:.2} ms | {} |\n\
+         | ours / wasmtime serve | {:.2}x | {:.2}x | |",
+        WRK_ARGS.join(" "),
+        o.rps,
+        o.p99_ms,
+        o.errors,
+        t.rps,
+        t.p99_ms,
+        t.errors,
+        o.rps / t.rps,
+        o.p99_ms / t.p99_ms,
+    );
+    s
 }
 
 #[cfg(test)]
@@ -375,5 +806,33 @@ mod tests {
         let l = parse_wrk(out).unwrap();
         assert_eq!(l.rps, 12345.67);
         assert!((l.p99_ms - 0.85).abs() < 1e-9);
+        assert_eq!(l.errors, 0);
+        let bad = format!(
+            "{out}  Socket errors: connect 0, read 3, write 0, timeout 2\n  Non-2xx or 3xx responses: 4\n"
+        );
+        assert_eq!(parse_wrk(&bad).unwrap().errors, 9);
+    }
+
+    #[test]
+    fn phases_come_from_the_containerd_log() {
+        let log = r#"time="2026-12-02T23:59:59.900000000Z" level=info msg="connecting to shim c1" address="unix:///x" namespace=n protocol=ttrpc version=3
+time="2026-12-02T23:59:59.950000000Z" level=info msg="starting instance: c1"
+time="2026-12-02T23:59:59.960000000Z" level=info instance="c1" msg="calling start function"
+time="2026-12-03T00:00:00.000000000Z" level=info instance="c1" msg="guest exited code=0"
+time="2026-12-03T00:00:00.020000000Z" level=info msg="shim disconnected" id=c1 namespace=n
+"#;
+        let p = Phases::of(log, "c1").unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(close(p.create, 50.0) && close(p.start, 10.0), "{p:?}");
+        assert!(close(p.run, 40.0) && close(p.teardown, 20.0), "{p:?}");
+        assert!(close(shim_window(log, "c1").unwrap(), 120.0));
+        assert!(Phases::of(log, "c2").is_none());
+    }
+
+    #[test]
+    fn ppid_is_read_past_a_comm_with_spaces() {
+        // /proc/self/stat of this test: our parent is whoever started the test binary
+        let mine = stat_ppid(std::process::id()).unwrap();
+        assert_eq!(mine, std::os::unix::process::parent_id());
     }
 }

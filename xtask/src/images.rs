@@ -166,6 +166,20 @@ fn ldd(binary: &Path) -> Result<Vec<String>> {
     Ok(parse_ldd(&text))
 }
 
+/// A copy of a dev binary without its debug info (hundreds of MB that no container needs),
+/// next to the tarballs.
+fn stripped(binary: &Path, out: &Path) -> Result<PathBuf> {
+    let name = binary.file_name().context("binary name")?;
+    let copy = out.join(name);
+    cmd::run(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&copy),
+    )?;
+    Ok(copy)
+}
+
 /// Build the binaries (release, or dev with `dev`) and write `<out>/<name>.tar` for each
 /// image; returns (reference, tarball, manifest digest).
 pub fn build(dev: bool, out: &Path) -> Result<Vec<(String, PathBuf, String)>> {
@@ -212,12 +226,16 @@ pub fn build(dev: bool, out: &Path) -> Result<Vec<(String, PathBuf, String)>> {
         }
         for e in &spec.entries {
             let path = match &e.source {
+                Source::Binary(b) if dev => stripped(&target.join(b), out)?,
                 Source::Binary(b) => target.join(b),
                 Source::Host(p) => PathBuf::from(p),
                 Source::Repo(p) => cmd::workspace_root().join(p),
             };
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if dev && matches!(e.source, Source::Binary(_)) {
+                std::fs::remove_file(&path)?;
+            }
             image = image.file(&e.dest, bytes, e.mode);
         }
         let tar = out.join(format!("{}.tar", spec.name));

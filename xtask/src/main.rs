@@ -1,10 +1,12 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
 mod bench;
+mod bench_installer;
 mod bench_operator;
 mod cmd;
 mod crdgen;
 mod docs;
+mod images;
 mod testbed;
 mod up;
 
@@ -35,9 +37,35 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         nextest_args: Vec<String>,
     },
-    /// Start the test bed's control plane, install the CRD, apply the sample WasmRuntime and
-    /// show it. (Until the single-node cluster lands, this is the API demo.)
-    Up,
+    /// A real single-node cluster on this machine (etcd, kube-apiserver, controller-manager,
+    /// scheduler, containerd + runc, kubelet, kube-proxy, a CNI bridge with no uplink), then
+    /// our images imported, the chart installed, the sample WasmRuntime applied and Ready, and
+    /// a Wasm Job run. Idempotent: a running cluster is reused. State: <cache>/cluster.
+    Up {
+        /// containerd version of the node: 2 (default), 1.7 or 1.6. A running cluster with
+        /// another version is torn down and started again.
+        #[arg(long, default_value = "2")]
+        containerd: String,
+        /// Build the operator/installer/shim images in release mode (default: dev build).
+        #[arg(long)]
+        release: bool,
+        /// Internal: run the cluster's process supervisor on this plan file.
+        #[arg(long, hide = true, value_name = "PLAN")]
+        supervise: Option<std::path::PathBuf>,
+    },
+    /// Stop the cluster of `xtask up` and put the machine back as it was (processes, mounts,
+    /// iptables rules, the bridge, kernel settings, files).
+    Down,
+    /// OCI image tarballs of wasm-operator and wasm-installer (with the shim), without a
+    /// Docker daemon, ready for `ctr images import`. Reproducible: same sources, same digests.
+    Images {
+        /// Use a dev build instead of release (faster; what the tests use).
+        #[arg(long)]
+        dev: bool,
+        /// Directory for the tarballs (default: $CARGO_TARGET_DIR/images).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Benchmarks; each writes its section of docs/benchmarks.md.
     #[command(subcommand)]
     Bench(Bench),
@@ -55,6 +83,9 @@ enum Bench {
     /// The Wasm shim on containerd 2.x: `ctr run` cold start vs runc (with/without the
     /// module cache), idle memory per container, wasi:http vs `wasmtime serve`.
     Shim,
+    /// The installer on real containerd 1.6/1.7/2.x: start -> verified, the CRI gap during
+    /// the restart, the no-op re-run and its restarts (medians of 5 runs).
+    Installer,
 }
 
 fn main() -> Result<()> {
@@ -64,7 +95,25 @@ fn main() -> Result<()> {
         Command::Crdgen => crdgen::write(),
         Command::Docs => docs::write(),
         Command::Test { nextest_args } => test(&nextest_args),
-        Command::Up => up::run(),
+        Command::Up {
+            containerd,
+            release,
+            supervise,
+        } => match supervise {
+            Some(plan) => up::supervise(&plan),
+            None => up::run(&containerd, release),
+        },
+        Command::Down => up::down(),
+        Command::Images { dev, out } => {
+            let out = out.unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_default())
+                    .join("images")
+            });
+            for (reference, tar, digest) in images::build(dev, &out)? {
+                println!("{reference} {digest} {}", tar.display());
+            }
+            Ok(())
+        }
         Command::Bench(Bench::Operator {
             nodes,
             max_unavailable,
@@ -80,6 +129,12 @@ fn main() -> Result<()> {
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
         Command::Bench(Bench::Shim) => bench::shim(),
+        Command::Bench(Bench::Installer) => {
+            testbed::install_all()?;
+            let section = bench_installer::report(&bench_installer::run()?);
+            println!("{section}");
+            cmd::update_doc_section("docs/benchmarks.md", "installer", &section)
+        }
     }
 }
 

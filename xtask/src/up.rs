@@ -1,69 +1,521 @@
-//! `cargo xtask up`: for now the API demo on the test bed's real control plane (the
-//! single-node cluster with kubelet and containerd comes with the end-to-end work).
+//! `cargo xtask up` / `cargo xtask down`: a real single-node Kubernetes cluster on this
+//! machine, with the product installed and a Wasm pod run on it.
+//!
+//! The cluster itself is the test bed's [`testbed::node::Node`] (etcd, kube-apiserver,
+//! controller-manager, scheduler, containerd + runc, kubelet, kube-proxy, a CNI bridge with no
+//! uplink, run by a detached supervisor that this binary becomes with the hidden
+//! `up --supervise <plan>`). On top of it `up` imports our images (operator, installer with the
+//! shim, a busybox and a hello-Wasm image, all written by our code), installs the chart with
+//! helm, applies the sample WasmRuntime adapted to this node (its containerd config path,
+//! restart by signal to the supervised containerd), waits for it to be Ready, runs a runc Job
+//! and a Wasm Job and prints their logs and a summary.
 
-use anyhow::{Context, Result};
-use testbed::TestCluster;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use crate::{cmd, testbed as bed};
+use anyhow::{Context, Result, bail};
+use testbed::node::{NODE_NAME, Node, NodeOptions};
+use testbed::oci::RootfsImage;
+use testbed::workloads::{BUSYBOX_IMAGE, HELLO_GREETING, HELLO_WASM_IMAGE};
+use testbed::{cni, paths, versions};
 
-const CRD: &str = "crds/wasmruntime.dev_wasmruntimes.yaml";
+use crate::{cmd, images, testbed as bed};
+
 const SAMPLE: &str = "config/samples/wasmruntime_v1alpha1_wasmruntime.yaml";
+const CHART: &str = "charts/wasm-runtime-operator";
+/// The release name contains the chart name, so objects are named `wasm-runtime-operator`.
+const RELEASE: &str = "wasm-runtime-operator";
+const RELEASE_NAMESPACE: &str = "wasm-system";
+const INSTALLER_NAMESPACE: &str = "wasm-installers";
 
-pub fn run() -> Result<()> {
-    bed::install_all()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(demo())
+/// The hidden `up --supervise <plan>`: the cluster's process supervisor.
+pub fn supervise(plan: &Path) -> Result<()> {
+    testbed::supervisor::run(plan).context("cluster supervisor")
 }
 
-async fn demo() -> Result<()> {
-    eprintln!(
-        "xtask up: starting etcd + kube-apiserver {}",
-        testbed::versions::KUBERNETES
-    );
-    let cluster = TestCluster::start()
-        .await
-        .context("starting the test bed control plane")?;
-    let root = cmd::workspace_root();
-    let kubectl = |args: &[&str]| -> Result<()> {
-        eprintln!("\n$ kubectl {}", args.join(" "));
-        cmd::run(cluster.kubectl().args(args).current_dir(root))
+struct Clock(Instant);
+
+impl Clock {
+    fn step(&self, what: &str) {
+        eprintln!("xtask up [{:>5.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+pub fn run(containerd: &str, release: bool) -> Result<()> {
+    let clock = Clock(Instant::now());
+    let package = match containerd {
+        "2" | "2.x" => versions::CONTAINERD_2,
+        v => versions::containerd_package(v)
+            .with_context(|| format!("--containerd {v}: choose 2, 1.7 or 1.6"))?,
     };
-    kubectl(&["apply", "--server-side", "-f", CRD])?;
+    bed::install_all()?;
+    ensure_nft()?;
+    clock.step("test bed ready");
+
+    // Everything that can fail without touching the machine comes first.
+    let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?);
+    let image_dir = target.join("up-images");
+    let product = product_images(release, &image_dir)?;
+    let busybox = image_dir.join("busybox.tar");
+    testbed::workloads::busybox_image(&busybox)?;
+    let hello = image_dir.join("hello-wasm.tar");
+    testbed::workloads::hello_wasm_image(&image_dir.join("hello-src"), &hello)?;
+    clock.step("images ready (operator, installer + shim, busybox, hello-wasm)");
+
+    let node = Node::new();
+    let wanted_dir = paths::deb_root(&package).display().to_string();
+    let reuse = node.is_running() && node.info().is_some_and(|i| i.containerd_dir == wanted_dir);
+    if reuse {
+        clock.step(&format!(
+            "reusing the running cluster in {}",
+            node.dir().display()
+        ));
+    } else {
+        if node.dir().exists() || cni::bridge_exists() {
+            clock.step("tearing down the earlier cluster first");
+            let problems = node.down(&|l| clock.step(&format!("  down: {l}")));
+            if !problems.is_empty() {
+                bail!(
+                    "could not clean up the earlier cluster:\n  {}",
+                    problems.join("\n  ")
+                );
+            }
+        }
+        let exe = std::env::current_exe().context("locating xtask")?;
+        let args = ["up".to_string(), "--supervise".to_string()];
+        let info = node
+            .start(
+                NodeOptions {
+                    containerd: package,
+                },
+                (&exe, &args),
+                &|l| clock.step(&format!("  {l}")),
+            )
+            .context("starting the cluster (`cargo xtask down` removes what was started)")?;
+        clock.step(&format!(
+            "cluster running (containerd {}), supervisor pid {}",
+            info.containerd_version, info.supervisor_pid
+        ));
+    }
+
+    for tar in product
+        .iter()
+        .map(|(_, t, _)| t.clone())
+        .chain([busybox, hello])
+    {
+        node.import(&tar)
+            .with_context(|| format!("importing {}", tar.display()))?;
+    }
+    clock.step("images imported into containerd (namespace k8s.io)");
+
+    let kubectl = |args: &[&str]| -> Result<()> {
+        cmd::run(node.kubectl().args(args).current_dir(cmd::workspace_root()))
+    };
     kubectl(&[
         "wait",
-        "--for=condition=Established",
-        "crd/wasmruntimes.wasmruntime.dev",
+        "--for=create",
+        &format!("node/{NODE_NAME}"),
+        "--timeout=120s",
     ])?;
-    kubectl(&["apply", "--server-side", "-f", SAMPLE])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{NODE_NAME}"),
+        "--timeout=180s",
+    ])?;
+    clock.step("node Ready");
+
+    run_job(&node, "hello-runc", &runc_job(), "hello from runc")?;
+    clock.step("runc Job completed");
+
+    let root = cmd::workspace_root();
+    let (operator_ref, installer_ref) = (&product[0].0, &product[1].0);
+    let (op_repo, op_tag) = operator_ref.rsplit_once(':').context("operator image")?;
+    let (inst_repo, inst_tag) = installer_ref.rsplit_once(':').context("installer image")?;
+    cmd::run(
+        node.helm()
+            .args(["upgrade", "--install", RELEASE])
+            .arg(root.join(CHART))
+            .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace"])
+            .args(["--set", &format!("image.repository={op_repo}")])
+            .args(["--set", &format!("image.tag={op_tag}")])
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", &format!("installer.image.repository={inst_repo}")])
+            .args(["--set", &format!("installer.image.tag={inst_tag}")])
+            .args(["--wait", "--timeout", "3m"])
+            // The chart's NOTES are for people installing by hand; the summary follows.
+            .stdout(Stdio::null()),
+    )?;
+    clock.step("chart installed, operator Deployment available");
+
+    let sample = adapted_sample(&node)?;
+    apply(&node, &sample)?;
+    let waited = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "wasmruntime/wasmtime",
+        "--timeout=300s",
+    ]);
+    if let Err(e) = waited {
+        let _ = kubectl(&["get", "wasmruntime", "wasmtime", "-o", "yaml"]);
+        let _ = kubectl(&["-n", INSTALLER_NAMESPACE, "get", "pods", "-o", "wide"]);
+        let _ = kubectl(&[
+            "-n",
+            INSTALLER_NAMESPACE,
+            "logs",
+            "-l",
+            "wasmruntime.dev/runtime=wasmtime",
+            "--tail=50",
+        ]);
+        return Err(e.context("the WasmRuntime did not become Ready"));
+    }
     kubectl(&["get", "wasmruntimes", "-o", "wide"])?;
-    kubectl(&["get", "wrt", "wasmtime", "-o", "yaml"])?;
-    kubectl(&["explain", "wasmruntime.spec.rollout"])?;
+    kubectl(&["get", "runtimeclass", "wasmtime"])?;
+    clock.step("WasmRuntime wasmtime Ready, RuntimeClass wasmtime present");
 
-    eprintln!("\n$ kubectl patch wrt wasmtime (maxUnavailable 0%, must be rejected)");
-    let rejected = cluster
-        .kubectl()
-        .args([
-            "patch",
-            "wrt",
-            "wasmtime",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"rollout":{"maxUnavailable":"0%"}}}"#,
-        ])
-        .output()?;
-    eprintln!("{}", String::from_utf8_lossy(&rejected.stderr).trim());
-    anyhow::ensure!(
-        !rejected.status.success(),
-        "the apiserver accepted maxUnavailable 0%"
-    );
+    let logs = run_job(&node, "hello-wasm", &wasm_job(), HELLO_GREETING)?;
+    clock.step("Wasm Job completed");
+    print_summary(&node, &logs, clock.0.elapsed());
+    Ok(())
+}
 
+/// The operator and installer images, as `xtask images` builds them but with the binaries
+/// stripped (`objcopy --strip-all`): a dev build of the shim is ~650 MB of debug info, more
+/// than the installer pod's 256 Mi memory limit allows it to copy, and minutes of hashing.
+/// Skipped when the tarballs of an earlier run are newer than the binaries (the images are
+/// reproducible: the same binaries give the same tarballs).
+fn product_images(release: bool, dir: &Path) -> Result<Vec<(String, PathBuf, String)>> {
+    let profile = if release { "release" } else { "debug" };
+    let mut args = vec![
+        "build",
+        "--locked",
+        "-p",
+        "wasm-operator",
+        "-p",
+        "wasm-installer",
+        "-p",
+        "containerd-shim-wasmtime",
+    ];
+    if release {
+        args.push("--release");
+    }
+    cmd::cargo(&args)?;
+    let target =
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?).join(profile);
+    let record = dir.join(format!("images-{profile}.json"));
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_input = [
+        "wasm-operator",
+        "wasm-installer",
+        "containerd-shim-wasmtime-v1",
+    ]
+    .iter()
+    .map(|b| mtime(&target.join(b)))
+    .chain([std::env::current_exe().ok().and_then(|e| mtime(&e))])
+    .collect::<Option<Vec<_>>>()
+    .and_then(|v| v.into_iter().max());
+    let earlier: Option<Vec<(String, PathBuf, String)>> = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let (Some(newest), Some(earlier)) = (newest_input, earlier)
+        && earlier
+            .iter()
+            .all(|(_, tar, _)| mtime(tar).is_some_and(|t| t > newest))
+    {
+        eprintln!("xtask up: operator and installer images are up to date");
+        return Ok(earlier);
+    }
+    let stripped = dir.join(format!("stripped-{profile}"));
+    std::fs::create_dir_all(&stripped)?;
+    let mut written = Vec::new();
+    for spec in images::specs() {
+        let entrypoint: Vec<&str> = spec.entrypoint.iter().map(String::as_str).collect();
+        let mut image = RootfsImage::new(&spec.reference()).entrypoint(&entrypoint);
+        if let Some(user) = spec.user {
+            image = image.user(user);
+        }
+        for (k, v) in spec.labels() {
+            image = image.label(&k, &v);
+        }
+        let mut libs = Vec::new();
+        for e in &spec.entries {
+            if let images::Source::Binary(b) = e.source {
+                let out = cmd::output(std::process::Command::new("ldd").arg(target.join(b)))
+                    .unwrap_or_default();
+                libs.extend(images::parse_ldd(&out));
+            }
+        }
+        libs.sort();
+        libs.dedup();
+        for lib in &libs {
+            let bytes = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
+            image = image.file(lib, bytes, 0o755);
+        }
+        for e in &spec.entries {
+            let path = match &e.source {
+                images::Source::Binary(b) => {
+                    let out = stripped.join(b);
+                    cmd::run(
+                        std::process::Command::new("objcopy")
+                            .arg("--strip-all")
+                            .arg(target.join(b))
+                            .arg(&out),
+                    )?;
+                    out
+                }
+                images::Source::Host(p) => PathBuf::from(p),
+                images::Source::Repo(p) => cmd::workspace_root().join(p),
+            };
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            image = image.file(&e.dest, bytes, e.mode);
+        }
+        let tar = dir.join(format!("{}.tar", spec.name));
+        let digest = image
+            .write_tar(&tar)
+            .with_context(|| format!("writing {}", tar.display()))?;
+        written.push((spec.reference(), tar, digest));
+    }
+    std::fs::write(&record, serde_json::to_vec_pretty(&written)?)?;
+    Ok(written)
+}
+
+/// `cargo xtask down`.
+pub fn down() -> Result<()> {
+    let started = Instant::now();
+    let node = Node::new();
+    if !node.dir().exists() && !cni::bridge_exists() {
+        eprintln!(
+            "xtask down: no cluster ({} does not exist)",
+            node.dir().display()
+        );
+        return Ok(());
+    }
+    let problems =
+        node.down(&|l| eprintln!("xtask down [{:>5.1}s] {l}", started.elapsed().as_secs_f64()));
+    if !problems.is_empty() {
+        bail!(
+            "xtask down: finished with problems:\n  {}",
+            problems.join("\n  ")
+        );
+    }
     eprintln!(
-        "\nxtask up: the API works on a real kube-apiserver. Kubeconfig while it ran: {}\n\
-         (the single-node cluster with kubelet, containerd and Wasm pods arrives with the\n\
-         end-to-end issue; the control plane now stops and its temp dir is removed)",
-        cluster.kubeconfig().display()
+        "xtask down: done in {:.1}s; the machine is as before `xtask up`",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `nft`, which `down` needs to delete the (empty) nftables tables that iptables-nft
+/// leaves behind.
+fn ensure_nft() -> Result<()> {
+    let found = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("xtask up: apt-get install nftables (for `down`)");
+        cmd::run(
+            std::process::Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "nftables",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The sample WasmRuntime, adapted to this node: containerd's config is the cluster's own
+/// file, and containerd is restarted by SIGTERM to the supervised process (PID 1 here is no
+/// systemd, so `auto` cannot work).
+fn adapted_sample(node: &Node) -> Result<String> {
+    let path = cmd::workspace_root().join(SAMPLE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {SAMPLE}"))?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    let containerd = doc
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("containerd"))
+        .and_then(|c| c.as_mapping_mut())
+        .context("the sample has no spec.containerd")?;
+    containerd.insert(
+        "configPath".into(),
+        node.containerd_config().display().to_string().into(),
+    );
+    let mut restart = serde_yaml::Mapping::new();
+    restart.insert("strategy".into(), "signal".into());
+    containerd.insert("restart".into(), restart.into());
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+fn apply(node: &Node, yaml: &str) -> Result<()> {
+    let mut child = node
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting kubectl apply")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(yaml.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("kubectl apply failed ({status}):\n{yaml}");
+    }
+    Ok(())
+}
+
+fn runc_job() -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: hello-runc
+  namespace: default
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: hello
+          image: {BUSYBOX_IMAGE}
+          imagePullPolicy: Never
+          command:
+            - /bin/sh
+            - -c
+            - echo "hello from runc in pod $(hostname)"; busybox ip -4 -o addr show eth0
+"#
+    )
+}
+
+fn wasm_job() -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: hello-wasm
+  namespace: default
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      runtimeClassName: wasmtime
+      restartPolicy: Never
+      containers:
+        - name: hello
+          image: {HELLO_WASM_IMAGE}
+          imagePullPolicy: Never
+          args: ["from", "cargo xtask up"]
+          env:
+            - name: NODE_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: spec.nodeName
+"#
+    )
+}
+
+/// (Re)creates a Job, waits for its Complete or Failed condition, and returns its logs,
+/// which must contain `expect`.
+fn run_job(node: &Node, name: &str, manifest: &str, expect: &str) -> Result<String> {
+    cmd::run(node.kubectl().args([
+        "delete",
+        "job",
+        name,
+        "--ignore-not-found",
+        "--wait=true",
+        "--cascade=foreground",
+    ]))?;
+    apply(node, manifest)?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        // Block on the watch for up to 5 s, then look at both terminal conditions.
+        let _ = node
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Complete",
+                &format!("job/{name}"),
+                "--timeout=5s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let conditions = cmd::output(node.kubectl().args([
+            "get",
+            "job",
+            name,
+            "-o",
+            "jsonpath={range .status.conditions[?(@.status==\"True\")]}{.type} {end}",
+        ]))?;
+        let types: Vec<&str> = conditions.split_whitespace().collect();
+        if types.contains(&"Complete") {
+            break;
+        }
+        if types.contains(&"Failed") || Instant::now() > deadline {
+            let _ = cmd::run(node.kubectl().args(["describe", "job", name]));
+            let _ = cmd::run(node.kubectl().args([
+                "describe",
+                "pods",
+                "-l",
+                &format!("job-name={name}"),
+            ]));
+            let _ = cmd::run(node.kubectl().args(["logs", &format!("job/{name}")]));
+            bail!("Job {name} did not complete (conditions: {conditions})");
+        }
+    }
+    let logs = cmd::output(node.kubectl().args(["logs", &format!("job/{name}")]))?;
+    eprintln!("\n$ kubectl logs job/{name}\n{}", logs.trim_end());
+    if !logs.contains(expect) {
+        bail!("the logs of Job {name} do not contain {expect:?}");
+    }
+    Ok(logs)
+}
+
+fn print_summary(node: &Node, wasm_logs: &str, elapsed: Duration) {
+    let kubectl = paths::go_bin(&versions::KUBERNETES_BUILD, "kubectl");
+    let info = node.info();
+    let containerd = info
+        .as_ref()
+        .map(|i| i.containerd_version.clone())
+        .unwrap_or_default();
+    let first = wasm_logs.lines().next().unwrap_or_default();
+    println!(
+        "
+xtask up: done in {elapsed:.0?}.
+
+What runs (one node, {NODE_NAME}, all on this machine):
+  control plane  etcd, kube-apiserver {k8s} (https://198.18.0.1:6443), controller-manager, scheduler
+  node           kubelet, kube-proxy (iptables), containerd {containerd} + runc, CNI bridge wasmrt0
+                 (pods 198.18.0.0/16, services 198.19.0.0/16, no uplink), our pause image
+  product        helm release {RELEASE} (namespace {RELEASE_NAMESPACE}), WasmRuntime wasmtime Ready,
+                 installer DaemonSet in {INSTALLER_NAMESPACE}, RuntimeClass wasmtime
+  workloads      Job hello-runc (busybox on runc), Job hello-wasm (runtimeClassName: wasmtime):
+                 \"{first}\"
+
+Look at it:
+  export KUBECONFIG={kubeconfig}
+  alias kubectl={kubectl}
+  kubectl get nodes -o wide
+  kubectl get wasmruntimes -o wide; kubectl get runtimeclass
+  kubectl -n {INSTALLER_NAMESPACE} get pods -o wide; kubectl -n {RELEASE_NAMESPACE} logs deploy/{RELEASE}
+  kubectl logs job/hello-wasm
+  component logs: {logs}/*.log; containerd config: {config}
+
+Tear down (processes, mounts, iptables, the bridge, files): cargo xtask down",
+        k8s = versions::KUBERNETES,
+        kubeconfig = node.kubeconfig().display(),
+        kubectl = kubectl.display(),
+        logs = node.log_dir().display(),
+        config = node.containerd_config().display(),
+    );
 }

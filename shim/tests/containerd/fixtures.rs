@@ -84,6 +84,48 @@ pub fn http_component() -> Vec<u8> {
     .clone()
 }
 
+/// `tests/fixtures/c/net_probe.c` as a `wasi:cli/run` component that connects with
+/// `wasi:sockets` TCP (wasi-libc for the rest, through the preview 1 command adapter).
+pub fn net_probe_component() -> Vec<u8> {
+    static NET: OnceLock<Vec<u8>> = OnceLock::new();
+    NET.get_or_init(|| {
+        let dir = scratch().join("net_probe");
+        let wit = dir.join("wit");
+        copy_dir(&wasi_wit().join("deps"), &wit.join("deps"));
+        std::fs::copy(
+            manifest_dir().join("tests/fixtures/c/net_probe.wit"),
+            wit.join("net_probe.wit"),
+        )
+        .expect("copy net_probe.wit");
+        let gen_dir = dir.join("gen");
+        run(Command::new(wit_bindgen())
+            .args(["c", "--world", "wasmruntime:fixtures/net-probe"])
+            .arg(&wit)
+            .arg("--out-dir")
+            .arg(&gen_dir));
+        let out = dir.join("net_probe.core.wasm");
+        clang(
+            &[
+                manifest_dir().join("tests/fixtures/c/net_probe.c"),
+                gen_dir.join("net_probe.c"),
+                gen_dir.join("net_probe_component_type.o"),
+            ],
+            &[format!("-I{}", gen_dir.display())],
+            &out,
+        );
+        command_component(&std::fs::read(&out).expect("core module"))
+    })
+    .clone()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
 /// A per-process scratch dir under the target dir (never in the source tree).
 fn scratch() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -142,6 +184,16 @@ fn wit_bindgen() -> PathBuf {
 /// The WASI 0.2 WIT files shipped inside the wasmtime-wasi-http crate we link, so the
 /// guest is built against exactly the interfaces the host implements.
 fn wasi_http_wit() -> PathBuf {
+    crate_dir("wasmtime-wasi-http").join("wit")
+}
+
+/// wasmtime-wasi's own WASI 0.2 WIT files (cli, io, sockets, ...).
+fn wasi_wit() -> PathBuf {
+    crate_dir("wasmtime-wasi").join("src/p2/wit")
+}
+
+/// Source dir of a Wasmtime 48.0.8 crate in our dependency graph.
+fn crate_dir(name: &str) -> PathBuf {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["metadata", "--format-version", "1", "--manifest-path"])
         .arg(manifest_dir().join("Cargo.toml"))
@@ -153,10 +205,10 @@ fn wasi_http_wit() -> PathBuf {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|p| p["name"] == "wasmtime-wasi-http" && p["version"] == "48.0.8")
-        .expect("wasmtime-wasi-http 48.0.8 in the dependency graph");
+        .find(|p| p["name"] == name && p["version"] == "48.0.8")
+        .unwrap_or_else(|| panic!("{name} 48.0.8 in the dependency graph"));
     let manifest = PathBuf::from(pkg["manifest_path"].as_str().expect("manifest_path"));
-    manifest.parent().expect("crate dir").join("wit")
+    manifest.parent().expect("crate dir").to_path_buf()
 }
 
 fn run(cmd: &mut Command) {

@@ -23,9 +23,33 @@ pub fn shim_binary() -> PathBuf {
 
 impl Bed {
     pub fn start(package: DebPackage) -> Bed {
+        Self::start_with_shim(package, None)
+    }
+
+    /// With node defaults: the shim installed as the installer does it, into a directory
+    /// of its own with `options_json` beside it (a hard link of the binary, so
+    /// `/proc/self/exe` of the shim names that directory; a copy across filesystems).
+    pub fn start_with_options(package: DebPackage, options_json: &str) -> Bed {
+        Self::start_with_shim(package, Some(options_json))
+    }
+
+    fn start_with_shim(package: DebPackage, options_json: Option<&str>) -> Bed {
         let work = tempfile::tempdir().expect("temp dir");
+        let shim = match options_json {
+            None => shim_binary(),
+            Some(json) => {
+                let dir = work.path().join("node");
+                std::fs::create_dir(&dir).expect("shim dir");
+                let shim = dir.join("containerd-shim-wasmtime-v1");
+                if std::fs::hard_link(shim_binary(), &shim).is_err() {
+                    std::fs::copy(shim_binary(), &shim).expect("copy the shim");
+                }
+                std::fs::write(dir.join("options.json"), json).expect("write options.json");
+                shim
+            }
+        };
         let opts = ContainerdOptions {
-            shim: shim_binary(),
+            shim,
             env: vec![(
                 "WASMRUNTIME_CACHE_DIR".into(),
                 work.path().join("cache").display().to_string(),

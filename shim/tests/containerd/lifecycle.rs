@@ -10,7 +10,8 @@ use crate::harness::{Bed, image_name, wasm_image};
 
 crate::on_every_containerd!(
     second_start_hits_the_file_cache,
-    fifty_containers_leave_nothing_behind
+    fifty_containers_leave_nothing_behind,
+    options_json_turns_the_cache_off_and_caps_unlimited_containers,
 );
 
 /// containerd 1.6 cannot unpack Wasm artifacts at all (see `run::every_oci_artifact_media_type`).
@@ -59,6 +60,39 @@ fn second_start_hits_the_file_cache(v: DebPackage) {
         "{}",
         bed.ctrd.log()
     );
+}
+
+/// The node defaults the installer writes for `--precompile false --guest-memory-limit
+/// 32Mi`: no cache entry is written, and a container without a memory limit gets 32 MiB
+/// for its guest (grow.wasm wants 64 MiB), while its own limit still wins.
+fn options_json_turns_the_cache_off_and_caps_unlimited_containers(v: DebPackage) {
+    let bed = Bed::start_with_options(
+        v,
+        r#"{"network": "deny", "precompile": false, "defaultMemoryLimitBytes": 33554432}"#,
+    );
+    bed.import(&wasm_image("hello", &fixtures::wat("hello")));
+    bed.import(&wasm_image("grow", &fixtures::wat("grow")));
+    for _ in 0..2 {
+        let run = bed.run_wasm(&[], &image_name("hello"), &[]);
+        assert_eq!(run.code(), 0, "{}", run.describe());
+    }
+    assert_eq!(bed.cache_entries(), Vec::<String>::new());
+    assert!(
+        !bed.ctrd.log().contains("precompiled module cache hit"),
+        "{}",
+        bed.ctrd.log()
+    );
+    let capped = bed.run_wasm(&[], &image_name("grow"), &[]);
+    assert_eq!(capped.code(), 137, "{}", capped.describe());
+    assert!(
+        capped
+            .stderr()
+            .contains("above the container limit of 33554432 bytes"),
+        "{}",
+        capped.describe()
+    );
+    let own_limit = bed.run_wasm(&["--memory-limit", "268435456"], &image_name("grow"), &[]);
+    assert_eq!(own_limit.code(), 0, "{}", own_limit.describe());
 }
 
 /// OCI artifacts go through containerd-shim-wasm's precompile hook: containerd's content

@@ -7,6 +7,7 @@ mod harness;
 mod http;
 mod isolation;
 mod lifecycle;
+mod network;
 mod run;
 
 /// Generates one `#[test]` per containerd version for each listed `fn(DebPackage)`.

@@ -20,6 +20,35 @@ async fn component_prints_args_and_env() {
     assert_eq!(out.stdout(), "hello from wasm\nhello\narg\nK=V\n");
 }
 
+/// The HTTP server's pooling engine takes a component compiled by the default engine
+/// (no recompilation) and runs it the same, memory limit included; both engines share
+/// the cache key, so cache entries serve both.
+#[tokio::test]
+async fn component_moves_to_the_pooling_engine() {
+    let engine = WasmEngine::new().unwrap();
+    let pooled = WasmEngine::pooling().unwrap();
+    assert_eq!(engine.compatibility_key(), pooled.compatibility_key());
+    let Guest::Component(c) = compile(&engine, "hello component", &component(&wasm("hello")))
+    else {
+        panic!("a component")
+    };
+    let adopted = Guest::Component(pooled.adopt(&c).unwrap());
+    let (cfg, out) = config(&["hello"]);
+    assert_eq!(run(&pooled, &adopted, cfg).await, Outcome::Exited(0));
+    assert_eq!(out.stdout(), "hello from wasm\nhello\n");
+
+    let Guest::Component(grow) = compile(&engine, "grow", &component(&wasm("grow"))) else {
+        panic!("a component")
+    };
+    let grow = Guest::Component(pooled.adopt(&grow).unwrap());
+    let (mut cfg, _) = config(&["grow"]);
+    cfg.memory_limit = Some(8 << 20);
+    assert!(matches!(
+        run(&pooled, &grow, cfg).await,
+        Outcome::MemoryLimitExceeded { .. }
+    ));
+}
+
 /// WASI 0.2 `wasi:cli/exit` carries only ok/err, so the adapter maps any non-zero
 /// `proc_exit` to err, which the host reports as exit 1.
 #[tokio::test]

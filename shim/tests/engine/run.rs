@@ -198,10 +198,20 @@ fn non_wasm_entrypoint_error_names_the_file_and_the_magic() {
 
 #[test]
 fn network_policy_knob() {
+    use NetworkPolicy::{Allow, Deny};
     let env = |v: &str| vec![("WASMRUNTIME_NETWORK".to_string(), v.to_string())];
-    assert_eq!(NetworkPolicy::from_env(&[]), NetworkPolicy::Deny);
-    assert_eq!(NetworkPolicy::from_env(&env("allow")), NetworkPolicy::Allow);
-    assert_eq!(NetworkPolicy::from_env(&env("ALLOW")), NetworkPolicy::Allow);
-    assert_eq!(NetworkPolicy::from_env(&env("deny")), NetworkPolicy::Deny);
-    assert_eq!(NetworkPolicy::from_env(&env("yes")), NetworkPolicy::Deny);
+    // the container's env decides; without it, the node default (options.json)
+    for default in [Deny, Allow] {
+        assert_eq!(NetworkPolicy::resolve(&[], default), default);
+        assert_eq!(NetworkPolicy::resolve(&env("allow"), default), Allow);
+        assert_eq!(NetworkPolicy::resolve(&env("ALLOW"), default), Allow);
+        assert_eq!(NetworkPolicy::resolve(&env("deny"), default), Deny);
+        assert_eq!(NetworkPolicy::resolve(&env("yes"), default), default);
+    }
+    // the last occurrence wins, as for any env variable
+    let twice = vec![
+        ("WASMRUNTIME_NETWORK".to_string(), "allow".to_string()),
+        ("WASMRUNTIME_NETWORK".to_string(), "deny".to_string()),
+    ];
+    assert_eq!(NetworkPolicy::resolve(&twice, Allow), Deny);
 }

@@ -1,0 +1,362 @@
+//! `wasm-installer uninstall` while a pod of our handler runs, on REAL containerd 1.6,
+//! 1.7 and 2.1 (tests/support): the pod is created over CRI the way the kubelet does
+//! (RunPodSandbox with runtime_handler = ours, host network so no CNI is needed,
+//! CreateContainer + StartContainer of a Wasm image). Its pause container runs through
+//! our installed shim too: containerd-shim-wasm runs native ELF entrypoints as ordinary
+//! Linux processes. The pause image is a static C program built here and imported under
+//! the name the containerd config pins, so nothing is pulled.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RunPodSandboxRequest,
+    StartContainerRequest,
+};
+use rstest::rstest;
+use support::{Containerd, Run};
+use wasm_installer::cri::Cri;
+
+/// What an uninstall must leave alone when it refuses. The installer replaces the shim
+/// by rename, so an untouched shim keeps its inode.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    config: Vec<u8>,
+    backup: Vec<u8>,
+    shim: (u64, u64, std::time::SystemTime),
+    daemon_pid: u32,
+    restarts: u32,
+}
+
+fn snapshot(r: &Run) -> Snapshot {
+    let shim = std::fs::metadata(r.shim_dest()).unwrap();
+    Snapshot {
+        config: std::fs::read(&r.c.config).unwrap(),
+        backup: std::fs::read(r.backup()).unwrap(),
+        shim: (shim.ino(), shim.len(), shim.modified().unwrap()),
+        daemon_pid: r.c.pid(),
+        restarts: r.c.restarts(),
+    }
+}
+
+/// Containerd with our runtime installed (the real shim) and the pause and Wasm images
+/// in CRI's namespace. Images go in before the install, whose restart makes every CRI
+/// version load them.
+fn installed<'a>(c: &'a Containerd, case: &str, shim: &Path) -> Run<'a> {
+    let pause = support::pause_image(&c.sandbox_image(), c.dir.path());
+    c.import("k8s.io", &pause);
+    c.import(
+        "k8s.io",
+        &support::wasm_image("sleep", &support::sleep_wasm()),
+    );
+    let r = Run::with_shim(c, case, shim);
+    let report = r.ok("install");
+    assert_eq!(report["config"], "written", "{report}");
+    assert!(r.knows_handler());
+    r
+}
+
+struct Pod {
+    sandbox: String,
+    container: String,
+}
+
+fn cri(c: &Containerd) -> Cri {
+    // Pod calls start processes through the shim: far slower than Status.
+    Cri::new(&c.socket, Duration::from_secs(60)).unwrap()
+}
+
+/// A pod of `handler` with one long-running Wasm container, as the kubelet creates it.
+fn start_pod(c: &Containerd, handler: &str, name: &str) -> Pod {
+    try_start_pod(c, handler, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_start_pod(c: &Containerd, handler: &str, name: &str) -> Result<Pod, String> {
+    let host_network = NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Pod as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let logs = c.dir.path().join("pods").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: c.cgroup_parent(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cri = cri(c);
+    let describe = |e: wasm_installer::Error| {
+        format!(
+            "containerd {}: {e}\ncontainerd log:\n{}",
+            c.version,
+            c.log_tail()
+        )
+    };
+    let (config, runtime_handler) = (sandbox_config.clone(), handler.to_owned());
+    let sandbox = cri
+        .call("RunPodSandbox", |mut client| async move {
+            let resp = client
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler,
+                })
+                .await?;
+            Ok(resp.into_inner().pod_sandbox_id)
+        })
+        .map_err(describe)?;
+    let request = CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some(ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "sleeper".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: support::wasm_image_name("sleep"),
+                ..Default::default()
+            }),
+            log_path: "sleeper.log".into(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(host_network),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        sandbox_config: Some(sandbox_config),
+    };
+    let container = cri
+        .call("CreateContainer", |mut client| async move {
+            Ok(client
+                .create_container(request)
+                .await?
+                .into_inner()
+                .container_id)
+        })
+        .map_err(describe)?;
+    let container_id = container.clone();
+    cri.call("StartContainer", |mut client| async move {
+        client
+            .start_container(StartContainerRequest { container_id })
+            .await?;
+        Ok(())
+    })
+    .map_err(describe)?;
+    Ok(Pod { sandbox, container })
+}
+
+/// containerd 1.6 cannot start a pod from the entry the installer writes today, for two
+/// reasons pinned here:
+/// 1. its CRI parses `runtime_path` but never passes it on (1.7 added `WithRuntimePath`),
+///    so it looks `containerd-shim-wasmtime-v1` up on its PATH: "binary not installed";
+/// 2. with the shim found, it sends our `[options]` as a `runtimeoptions.v1.Options`
+///    without `config_body` (1.7 added that field), which containerd-shim-wasm 1.0.1
+///    cannot parse: "missing field `systemd_cgroup`".
+///
+/// The form that works on 1.6 is `runtime_type` = the shim's absolute path (1.6's shim
+/// manager takes an absolute runtime name as the binary) and no `[options]`; the test
+/// rewrites our entry into it, keeping the ownership marker, so the uninstall checks run
+/// on 1.6 too. Once the installer writes that form, the first assertion fails: drop this.
+fn make_containerd_1_6_start_our_pods(r: &Run) {
+    let c = r.c;
+    let handler = r.handler();
+    let err = try_start_pod(c, handler.as_str(), "pin-path").err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.contains("binary not installed \"containerd-shim-wasmtime-v1\"")),
+        "containerd 1.6 with the installer's entry: {err:?}"
+    );
+    let link = c.path_bin().join(support::SHIM_NAME);
+    std::os::unix::fs::symlink(r.shim_dest(), &link).unwrap();
+    let err = try_start_pod(c, handler.as_str(), "pin-options").err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.contains("missing field `systemd_cgroup`")),
+        "containerd 1.6 with the shim on its PATH: {err:?}"
+    );
+    std::fs::remove_file(link).unwrap();
+
+    let shim = r.shim_dest().display().to_string();
+    let options = format!("runtimes.{handler}.options]");
+    let mut fixed = String::new();
+    let mut in_options = false;
+    for line in r.config().lines() {
+        // Our `[...options]` header and its one key go; nothing else changes.
+        if line.trim_end().ends_with(&options) {
+            in_options = true;
+            // with the blank line that separates it from our keys
+            if fixed.ends_with("\n\n") {
+                fixed.pop();
+            }
+            continue;
+        }
+        if in_options && line.trim_start().starts_with("SystemdCgroup") {
+            in_options = false;
+            continue;
+        }
+        fixed.push_str(&line.replace(
+            "runtime_type = \"io.containerd.wasmtime.v1\"",
+            &format!("runtime_type = \"{shim}\""),
+        ));
+        fixed.push('\n');
+    }
+    assert!(fixed.contains(&format!("runtime_type = \"{shim}\"")) && !fixed.contains(&options));
+    std::fs::write(&c.config, fixed).unwrap();
+    c.restart();
+    assert!(r.knows_handler());
+}
+
+/// Our pod, started through the installed shim (CRI takes it from our entry).
+fn pod_through_installed_shim(r: &Run, name: &str) -> Pod {
+    if r.c.version.starts_with("1.6") {
+        make_containerd_1_6_start_our_pods(r);
+    }
+    start_pod(r.c, r.handler().as_str(), name)
+}
+
+/// Every process serving this containerd runs the installed shim file (CRI started it
+/// from `runtime_path`).
+fn assert_runs_installed_shim(r: &Run) {
+    let pids = r.c.shim_pids();
+    assert!(!pids.is_empty(), "no shim process serves the pod");
+    for pid in pids {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            exe.starts_with(r.shim_dest()),
+            "shim process {pid} runs {}, not the installed {}",
+            exe.display(),
+            r.shim_dest().display()
+        );
+    }
+}
+
+#[rstest]
+#[case("1.6.20")]
+#[case("1.7.24")]
+#[case("2.1.9")]
+fn uninstall_refuses_while_our_pod_runs(#[case] version: &'static str) {
+    let shim = support::real_shim();
+    let c = Containerd::start(version);
+    let r = installed(&c, "pod", &shim);
+    let pod = pod_through_installed_shim(&r, "refused");
+    assert_runs_installed_shim(&r);
+    let mut running = c.cri().running(r.handler().as_str()).unwrap();
+    running.sort();
+    assert_eq!(
+        running,
+        [
+            format!("container/{}", pod.container),
+            format!("sandbox/{}", pod.sandbox)
+        ]
+    );
+
+    let before = snapshot(&r);
+    let out = r.run("uninstall", None);
+    assert!(
+        !out.status.success(),
+        "uninstall succeeded while a pod of ours runs"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "still run",
+        "stop them first or pass --force",
+        &pod.sandbox,
+        &pod.container,
+        r.handler().as_str(),
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing in: {stderr}");
+    }
+    let message = std::fs::read_to_string(r.term_log()).unwrap();
+    assert!(message.contains("[containers_running]"), "{message}");
+    assert_eq!(
+        snapshot(&r),
+        before,
+        "a refused uninstall changed something"
+    );
+    assert!(r.knows_handler());
+
+    // Once the pod is gone the same command succeeds.
+    assert_eq!(c.remove_all_pods().unwrap(), 1);
+    assert!(c.cri().running(r.handler().as_str()).unwrap().is_empty());
+    let report = r.ok("uninstall");
+    assert_eq!(report["config_changed"], true, "{report}");
+    assert_eq!(
+        r.config(),
+        String::from_utf8(before.backup).unwrap(),
+        "uninstall did not restore the original config"
+    );
+    assert!(!r.shim_dest().exists());
+    c.wait_serving(Duration::from_secs(10)).unwrap();
+    assert!(!r.knows_handler());
+}
+
+/// `--force` removes our runtime while the pod runs; the pod's processes keep running
+/// (the installer never stops workloads). What containerd then makes of them differs:
+/// after the restart without our handler, 1.7 reports the sandbox NotReady and the
+/// container exited although both still run, and removing the pod over CRI leaves
+/// their processes behind on 1.7 and 2.x. That is why a plain uninstall refuses.
+#[rstest]
+#[case("1.6.20")]
+#[case("1.7.24")]
+#[case("2.1.9")]
+fn uninstall_force_overrides_a_running_pod(#[case] version: &'static str) {
+    let shim = support::real_shim();
+    let c = Containerd::start(version);
+    let r = installed(&c, "force", &shim);
+    let original = std::fs::read_to_string(r.backup()).unwrap();
+    pod_through_installed_shim(&r, "forced");
+    let processes = c.shim_pids();
+    // The override is only logged (at warn level).
+    let out = r
+        .cmd("uninstall", None)
+        .arg("--force")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uninstall --force: {}",
+        support::describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("forced: removing while these still run"),
+        "no warning about the pod: {stderr}"
+    );
+    assert_eq!(r.config(), original);
+    assert!(!r.shim_dest().exists());
+    assert!(!r.backup().exists());
+    c.wait_serving(Duration::from_secs(10)).unwrap();
+    assert!(!r.knows_handler());
+    let alive: Vec<u32> = processes
+        .iter()
+        .copied()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert_eq!(
+        alive, processes,
+        "the forced uninstall stopped pod processes"
+    );
+}
