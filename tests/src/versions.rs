@@ -213,6 +213,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // Native baselines and load generator for `cargo xtask bench shim`.
     "busybox-static",
     "wrk",
+    // `cargo xtask down` removes the nftables tables kube-proxy and kubelet leave behind.
+    "nftables",
 ];
 
 /// cargo-nextest, the test runner.
