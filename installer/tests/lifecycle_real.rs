@@ -170,7 +170,9 @@ fn killed_at_each_step_converges(#[case] version: &'static str) {
 /// Wasm container runs through the INSTALLED file. `ctr run --runtime <absolute path>`
 /// makes containerd start exactly that binary (an absolute runtime name is the shim's
 /// path on every version here), and no other copy is on containerd's PATH or beside it.
-/// A re-run changes and restarts nothing. The figures feed `cargo xtask bench installer`.
+/// (`ctr` sends no runtime options, so this works on 1.6 too, where CRI pods from our
+/// entry do not yet: see uninstall_real.rs.) A re-run changes and restarts nothing. The
+/// figures feed `cargo xtask bench installer`.
 #[rstest]
 #[case("1.6.20")]
 #[case("1.7.24")]

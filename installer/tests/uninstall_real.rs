@@ -5,6 +5,9 @@
 //! our installed shim too: containerd-shim-wasm runs native ELF entrypoints as ordinary
 //! Linux processes. The pause image is a static C program built here and imported under
 //! the name the containerd config pins, so nothing is pulled.
+//!
+//! On containerd 1.6 the installer's entry cannot start pods yet: see
+//! `make_containerd_1_6_start_our_pods`, which pins why and works around it.
 
 mod support;
 
@@ -313,10 +316,10 @@ fn uninstall_refuses_while_our_pod_runs(#[case] version: &'static str) {
 }
 
 /// `--force` removes our runtime while the pod runs; the pod's processes keep running
-/// (the installer never stops workloads). What containerd then makes of them differs:
-/// after the restart without our handler, 1.7 reports the sandbox NotReady and the
-/// container exited although both still run, and removing the pod over CRI leaves
-/// their processes behind on 1.7 and 2.x. That is why a plain uninstall refuses.
+/// (the installer never stops workloads). containerd loses track of such a pod once it
+/// restarts without our handler (seen here: 1.7.24 reports the sandbox NotReady and
+/// 1.7.24 and 2.1.9 the container exited while both still run, and removing the pod
+/// over CRI leaves its processes behind), which is why a plain uninstall refuses.
 #[rstest]
 #[case("1.6.20")]
 #[case("1.7.24")]

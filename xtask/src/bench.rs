@@ -28,9 +28,9 @@ const RUNC: &str = "io.containerd.runc.v2";
 /// Containers in the "pod" memory measurement.
 const POD_SIZE: usize = 5;
 /// `wrk` settings, the same for both servers (a later `-d` wins for the warm-up).
-const WRK_ARGS: [&str; 3] = ["-t2", "-c16", "-d5s"];
+const WRK_ARGS: [&str; 3] = ["-t2", "-c16", "-d4s"];
 /// Alternating `wrk` rounds per server.
-const HTTP_ROUNDS: usize = 3;
+const HTTP_ROUNDS: usize = 5;
 
 pub fn shim() -> Result<()> {
     crate::testbed::install_all()?;
@@ -72,18 +72,17 @@ pub fn shim() -> Result<()> {
             env: vec![("WASMRUNTIME_CACHE_DIR".into(), cache.display().to_string())],
         },
     )?;
-    let read = |n: &str| std::fs::read(fixtures.join(n));
-    import(
-        &ctrd,
-        work.path(),
-        &wasm_image("hello", read("hello.wasm")?),
-    )?;
-    import(
-        &ctrd,
-        work.path(),
-        &wasm_image("sleep", read("sleep.wasm")?),
-    )?;
-    import(&ctrd, work.path(), &wasm_image("http", read("http.wasm")?))?;
+    // "hello-miss": the same module under another name, so that cache misses can be told
+    // apart in containerd's log
+    for (name, file) in [
+        ("hello", "hello.wasm"),
+        ("hello-miss", "hello.wasm"),
+        ("sleep", "sleep.wasm"),
+        ("http", "http.wasm"),
+    ] {
+        let wasm = std::fs::read(fixtures.join(file))?;
+        import(&ctrd, work.path(), &wasm_image(name, wasm))?;
+    }
     let native = RootfsImage::new(&image("busybox"))
         .file("/bin/busybox", std::fs::read(busybox)?, 0o755)
         .entrypoint(&["/bin/busybox"]);
@@ -442,17 +441,20 @@ fn field_kib(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Load {
     rps: f64,
     p99_ms: f64,
     errors: u64,
+    /// requests/s of each round, for the record
+    rounds: Vec<f64>,
 }
 
 impl Load {
     /// Median requests/s and median p99 of the rounds (each on its own), errors summed.
     fn median(mut rounds: Vec<Load>) -> Load {
         let errors = rounds.iter().map(|l| l.errors).sum();
+        let all = rounds.iter().map(|l| l.rps).collect();
         rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         let rps = rounds[rounds.len() / 2].rps;
         rounds.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
@@ -460,6 +462,7 @@ impl Load {
             rps,
             p99_ms: rounds[rounds.len() / 2].p99_ms,
             errors,
+            rounds: all,
         }
     }
 }
@@ -583,6 +586,7 @@ fn parse_wrk(out: &str) -> Option<Load> {
         rps,
         p99_ms,
         errors,
+        rounds: Vec::new(),
     })
 }
 
@@ -653,6 +657,11 @@ struct Figures {
     memory: Memory,
     ours: Load,
     theirs: Load,
+}
+
+fn rounds(l: &Load) -> String {
+    let r: Vec<String> = l.rounds.iter().map(|r| format!("{r:.0}")).collect();
+    r.join(", ")
 }
 
 fn mib(kib: u64) -> f64 {
@@ -778,17 +787,19 @@ fn report(f: &Figures) -> String {
          `wrk {} --latency`, {HTTP_ROUNDS} rounds against each server in turn after a \
          warm-up, medians; both servers on 127.0.0.1, `wrk` shares the CPUs with them. \
          Goal: >= 1.0x requests/s.\n\n\
-         | server | requests/s | p99 | errors |\n|---|---|---|---|\n\
-         | our shim via containerd (`ctr run --net-host`) | {:.0} | {:.2} ms | {} |\n\
-         | `wasmtime serve` (wasmtime-cli {WASMTIME_CLI}) | {:.0} | {:.2} ms | {} |\n\
-         | ours / wasmtime serve | {:.2}x | {:.2}x | |",
+         | server | requests/s | p99 | errors | requests/s of each round |\n|---|---|---|---|---|\n\
+         | our shim via containerd (`ctr run --net-host`) | {:.0} | {:.2} ms | {} | {} |\n\
+         | `wasmtime serve` (wasmtime-cli {WASMTIME_CLI}) | {:.0} | {:.2} ms | {} | {} |\n\
+         | ours / wasmtime serve | {:.2}x | {:.2}x | | |",
         WRK_ARGS.join(" "),
         o.rps,
         o.p99_ms,
         o.errors,
+        rounds(o),
         t.rps,
         t.p99_ms,
         t.errors,
+        rounds(t),
         o.rps / t.rps,
         o.p99_ms / t.p99_ms,
     );

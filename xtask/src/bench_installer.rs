@@ -33,7 +33,15 @@ pub struct Sample {
 }
 
 /// Samples by containerd version.
-pub type Figures = BTreeMap<String, Vec<Sample>>;
+pub type Samples = BTreeMap<String, Vec<Sample>>;
+
+/// What one bench run measured, with the conditions it ran under.
+pub struct Figures {
+    pub samples: Samples,
+    pub date: String,
+    /// `/proc/loadavg`'s first three fields before and after.
+    pub load: (String, String),
+}
 
 pub fn run() -> Result<Figures> {
     cmd::cargo(&[
@@ -50,6 +58,10 @@ pub fn run() -> Result<Figures> {
     let shim = target.join("release/containerd-shim-wasmtime-v1");
     let work = tempfile::tempdir()?;
     let out = work.path().join("figures.jsonl");
+    let date = cmd::output(Command::new("date").args(["-u", "+%F"]))?
+        .trim()
+        .to_owned();
+    let before = load_average();
     for run in 1..=RUNS {
         eprintln!("bench installer: run {run}/{RUNS}");
         cmd::run(
@@ -72,13 +84,27 @@ pub fn run() -> Result<Figures> {
                 .current_dir(cmd::workspace_root()),
         )?;
     }
+    let load = (before, load_average());
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-    parse(&text)
+    Ok(Figures {
+        samples: parse(&text)?,
+        date,
+        load,
+    })
 }
 
-fn parse(text: &str) -> Result<Figures> {
-    let mut figures = Figures::new();
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parse(text: &str) -> Result<Samples> {
+    let mut figures = Samples::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let f = |k: &str| {
@@ -117,7 +143,8 @@ fn stat(samples: &[Sample], pick: impl Fn(&Sample) -> f64) -> String {
 }
 
 /// The Markdown section for docs/benchmarks.md.
-pub fn report(figures: &Figures) -> String {
+pub fn report(bench: &Figures) -> String {
+    let figures = &bench.samples;
     let shim_mib = figures
         .values()
         .flatten()
@@ -126,7 +153,8 @@ pub fn report(figures: &Figures) -> String {
         .unwrap_or(0) as f64
         / (1 << 20) as f64;
     let mut out = format!(
-        "## Installer: real containerd 1.6 / 1.7 / 2.x, {RUNS} runs each\n\n\
+        "## Installer: real containerd 1.6 / 1.7 / 2.x (`cargo xtask bench installer`, {date})\n\n\
+         {cpus} CPUs, load average {before} before and {after} after.\n\n\
          Command: `cargo xtask bench installer`. It builds wasm-installer and \
          containerd-shim-wasmtime-v1 ({shim_mib:.1} MiB) with `--release`, then runs \
          `cargo nextest run -p wasm-installer --test lifecycle_real --test-threads 1 {TEST}` \
@@ -135,7 +163,9 @@ pub fn report(figures: &Figures) -> String {
          under a supervisor that restarts it like systemd's `Restart=always` \
          (`RestartSec=100ms`); `wasm-installer install --once --restart signal` copies the \
          shim, edits the config, SIGTERMs containerd and verifies our handler over CRI; a \
-         Wasm container then runs through the installed shim; the same install runs again.\n\n\
+         Wasm container then runs through the installed shim; the same install runs again. \
+         These machines have no systemd: a node's `systemctl restart containerd` (the \
+         installer's D-Bus `RestartUnit`) adds systemd's own stop/start time, not measured here.\n\n\
          - start -> verified: wall time of `install --once` (process start to exit after CRI \
          verification); the installer's own figure in brackets;\n\
          - CRI gap: the longest time without an answer to CRI `Version` polled every 5 ms \
@@ -144,7 +174,11 @@ pub fn report(figures: &Figures) -> String {
          supervisor had to start containerd during it.\n\n\
          Medians (min-max) of {RUNS} runs:\n\n\
          | containerd (Debian package) | start -> verified | (installer-reported) | CRI gap | no-op re-run | restarts on no-op |\n\
-         |---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|\n",
+        date = bench.date,
+        cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        before = bench.load.0,
+        after = bench.load.1,
     );
     for (version, samples) in figures {
         let pkg = testbed::versions::containerd_package(version)
@@ -205,12 +239,20 @@ mod tests {
                 text.push('\n');
             }
         }
-        let section = report(&parse(&text).unwrap());
+        let section = report(&Figures {
+            samples: parse(&text).unwrap(),
+            date: "2026-01-01".into(),
+            load: ("1.00 1.00 1.00".into(), "2.00 2.00 2.00".into()),
+        });
         assert!(
             section.contains("| 1.20 s (1.00-5.00) | 0.90 s (0.90-0.90) | 0.30 s (0.30-0.30)"),
             "{section}"
         );
         assert!(section.contains("<= 5 s: 1.20 s, met"), "{section}");
+        assert!(
+            section.contains("load average 1.00 1.00 1.00 before"),
+            "{section}"
+        );
         assert!(
             section.contains("zero restarts on a no-op: 0, met"),
             "{section}"

@@ -25,6 +25,9 @@ use toml_edit::{DocumentMut, value};
 use wasm_installer::cri::Cri;
 use wasm_installer::{ContainerdVersion, Edit, HandlerName, RuntimeName, RuntimeSpec};
 
+/// Where the pods of every test containerd get their cgroups.
+const CGROUP_ROOT: &str = "wasmruntime-installer-tests";
+
 /// The shim's file name, as installed and as built.
 pub const SHIM_NAME: &str = "containerd-shim-wasmtime-v1";
 
@@ -342,7 +345,7 @@ impl Containerd {
     /// exactly their processes.
     pub fn cgroup_parent(&self) -> String {
         let dir = self.dir.path().file_name().unwrap().to_string_lossy();
-        format!("/wasmruntime-installer-tests/{dir}")
+        format!("/{CGROUP_ROOT}/{dir}")
     }
 
     /// Shim processes serving this containerd (each gets `-address <socket>`), and
@@ -380,6 +383,14 @@ impl Drop for Containerd {
             kill9(pid);
         }
         remove_cgroups(&self.cgroup_parent());
+        // The shared parent, once no other test uses it.
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(CGROUP_ROOT));
+        }
         for id in ids {
             let _ = std::fs::remove_dir_all(Path::new("/run/containerd/wasmtime/k8s.io").join(id));
         }
@@ -521,8 +532,8 @@ impl<'a> Run<'a> {
     }
 
     /// With a private copy of `shim` (a later build may replace the original meanwhile),
-    /// stripped: a debug build of the shim is ~650 MB, which the debug installer would
-    /// take a minute to hash; the code is the same (~100 MB without symbols).
+    /// stripped: a debug build is ~650 MB, ~100 MB without symbols and debug info; the
+    /// code is the same, and every test copies and hashes six times less.
     pub fn with_shim(c: &'a Containerd, case: &str, shim: &Path) -> Self {
         let me = Self::named(c, case);
         let out = Command::new("strip")
