@@ -49,6 +49,43 @@ pub(crate) struct Entry<'a> {
     pub handler: &'a HandlerName,
     pub shim_path: &'a str,
     pub systemd_cgroup: bool,
+    pub form: EntryForm,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry for `rt` on this containerd, with runc's cgroup driver already known.
+    pub fn new(rt: &'a RuntimeSpec, systemd_cgroup: bool, containerd: &ContainerdVersion) -> Self {
+        Self {
+            handler: &rt.handler,
+            shim_path: rt.shim_path.as_str(),
+            systemd_cgroup,
+            form: EntryForm::for_version(containerd),
+        }
+    }
+}
+
+/// How an entry names our shim and hands it its options; containerd's CRI plugin
+/// changed both in 1.7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryForm {
+    /// 1.7 and later: `runtime_type = "io.containerd.wasmtime.v1"` plus `runtime_path`,
+    /// and `[options]` as plain keys (CRI passes the whole table to the shim as TOML).
+    RuntimePath,
+    /// 1.6: CRI ignores `runtime_path`, so `runtime_type` is the shim's absolute path
+    /// (1.6 runs an absolute runtime name as that binary). Its CRI hands a shim only
+    /// the `ConfigBody` key of `[options]`, so the shim's TOML goes there; a plain
+    /// `SystemdCgroup` key would reach the shim as empty options, which it rejects.
+    ShimPathAsType,
+}
+
+impl EntryForm {
+    pub fn for_version(containerd: &ContainerdVersion) -> Self {
+        if (containerd.major, containerd.minor) < (1, 7) {
+            Self::ShimPathAsType
+        } else {
+            Self::RuntimePath
+        }
+    }
 }
 
 /// Adds (or repairs) our runtime entry in the main containerd config.
@@ -66,7 +103,7 @@ pub fn add_runtime(old: &str, rt: &RuntimeSpec, containerd: &ContainerdVersion) 
     let mut doc = parse(base, "the containerd config")?;
     let schema = Schema::detect(&doc)?;
     schema.check_accepted_by(containerd)?;
-    let entry = resolve_entry(rt, &doc, schema)?;
+    let entry = resolve_entry(rt, &doc, schema, containerd)?;
     let changed = upsert_entry(&mut doc, schema, &entry)?;
     if changed || missing {
         Ok(Edit::Changed(doc.to_string()))
@@ -117,17 +154,14 @@ pub(crate) fn resolve_entry<'a>(
     rt: &'a RuntimeSpec,
     doc: &DocumentMut,
     schema: Schema,
+    containerd: &ContainerdVersion,
 ) -> Result<Entry<'a>> {
     let systemd_cgroup = match rt.systemd_cgroup {
         SystemdCgroupMode::Enabled => true,
         SystemdCgroupMode::Disabled => false,
         SystemdCgroupMode::Auto => runc_systemd_cgroup(doc, schema)?,
     };
-    Ok(Entry {
-        handler: &rt.handler,
-        shim_path: rt.shim_path.as_str(),
-        systemd_cgroup,
-    })
+    Ok(Entry::new(rt, systemd_cgroup, containerd))
 }
 
 /// Puts our table in place; `Ok(false)` when it was already exactly right.
@@ -251,8 +285,8 @@ impl Indent {
     }
 }
 
-/// Our table: `runtime_type`, `runtime_path`, and `options.SystemdCgroup`, with the
-/// ownership marker above the header.
+/// Our table in the entry's form (see [`EntryForm`]), with the ownership marker above
+/// the header.
 pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
     let mut table = Table::new();
     table.decor_mut().set_prefix(format!(
@@ -260,13 +294,23 @@ pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
         h = indent.header,
         marker = marker_line(entry.handler)
     ));
-    push_key(&mut table, "runtime_type", value(RUNTIME_TYPE), &indent.key);
-    push_key(
-        &mut table,
-        "runtime_path",
-        value(entry.shim_path),
-        &indent.key,
-    );
+    let (runtime_type, options_key, options_value) = match entry.form {
+        EntryForm::RuntimePath => (RUNTIME_TYPE, "SystemdCgroup", value(entry.systemd_cgroup)),
+        EntryForm::ShimPathAsType => (
+            entry.shim_path,
+            "ConfigBody",
+            value(format!("SystemdCgroup = {}", entry.systemd_cgroup)),
+        ),
+    };
+    push_key(&mut table, "runtime_type", value(runtime_type), &indent.key);
+    if entry.form == EntryForm::RuntimePath {
+        push_key(
+            &mut table,
+            "runtime_path",
+            value(entry.shim_path),
+            &indent.key,
+        );
+    }
 
     let mut options = Table::new();
     let options_header = format!("{}  ", indent.header);
@@ -275,8 +319,8 @@ pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
         .set_prefix(format!("\n{options_header}"));
     push_key(
         &mut options,
-        "SystemdCgroup",
-        value(entry.systemd_cgroup),
+        options_key,
+        options_value,
         &format!("{}  ", indent.key),
     );
     table.insert("options", Item::Table(options));

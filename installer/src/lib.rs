@@ -5,6 +5,7 @@
 //! - [`schema`]: config `version = N` -> [`Schema`], where CRI runtimes live, runc's
 //!   `SystemdCgroup`
 //! - [`distro`]: which paths exist -> [`Distro`], restart target
+//! - [`daemon`]: the running containerd -> its config and supervisor, for `auto`
 //! - [`edit`]: [`add_runtime`] / [`remove_runtime`] on a whole TOML config
 //! - [`template`]: k3s/RKE2 Go templates; [`dropin`]: whole-file drop-ins
 //! - [`plan`]: the explicit target decision and the install/uninstall [`Plan`]
@@ -14,6 +15,7 @@
 //! functions over a `Host`), [`status`] (readiness file), [`fault`] (crash tests).
 
 pub mod cri;
+pub mod daemon;
 pub mod defaults;
 pub mod distro;
 mod doc;

@@ -91,7 +91,13 @@ struct PlanArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // What the installer did (a handful of lines per run) belongs in `kubectl logs`
+        // without anyone setting RUST_LOG.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+                .from_env_lossy(),
+        )
         .init();
     let cli = Cli::parse();
     // Contract tests: the operator's DaemonSet arguments must parse, without touching the host.

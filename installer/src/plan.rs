@@ -203,6 +203,7 @@ impl Plan {
 /// Resolves `Auto` for targets whose runc entry lives in another (rendered) file.
 fn entry_from<'a>(
     rt: &'a RuntimeSpec,
+    containerd: &ContainerdVersion,
     effective: Option<&str>,
     what: &Path,
 ) -> Result<(Entry<'a>, Option<DocSchema>)> {
@@ -215,17 +216,13 @@ fn entry_from<'a>(
         None => None,
     };
     let entry = match (&parsed, rt.systemd_cgroup) {
-        (Some(DocSchema(doc, schema)), _) => resolve_entry(rt, doc, *schema)?,
+        (Some(DocSchema(doc, schema)), _) => resolve_entry(rt, doc, *schema, containerd)?,
         (None, SystemdCgroupMode::Auto) => {
             return Err(Error::SystemdCgroupUnknown {
                 reason: format!("{} does not exist (yet)", what.display()),
             });
         }
-        (None, mode) => Entry {
-            handler: &rt.handler,
-            shim_path: rt.shim_path.as_str(),
-            systemd_cgroup: mode == SystemdCgroupMode::Enabled,
-        },
+        (None, mode) => Entry::new(rt, mode == SystemdCgroupMode::Enabled, containerd),
     };
     Ok((entry, parsed))
 }
@@ -251,7 +248,7 @@ pub fn plan_install(
             rendered,
         } => {
             let rendered_text = facts.file(rendered);
-            let (entry, _) = entry_from(rt, rendered_text, rendered)?;
+            let (entry, _) = entry_from(rt, &containerd, rendered_text, rendered)?;
             add_to_template(current.as_deref(), rendered_text, &entry, *schema, path)?
         }
         ConfigTarget::DropIn {
@@ -259,7 +256,7 @@ pub fn plan_install(
             schema,
             effective,
         } => {
-            let (entry, parsed) = entry_from(rt, facts.file(effective), effective)?;
+            let (entry, parsed) = entry_from(rt, &containerd, facts.file(effective), effective)?;
             if let Some(DocSchema(mut doc, eff_schema)) = parsed {
                 // A table of our name in the config we are merged into: if it is not
                 // ours, the merge would silently combine two runtimes' settings.
@@ -310,13 +307,9 @@ pub fn plan_uninstall(
         ) => {
             // The entry's values only matter for recognising our untouched install;
             // fall back to "false" when runc's driver cannot be known any more.
-            let entry = entry_from(rt, facts.file(rendered), rendered)
+            let entry = entry_from(rt, &containerd, facts.file(rendered), rendered)
                 .map(|(e, _)| e)
-                .unwrap_or(Entry {
-                    handler: &rt.handler,
-                    shim_path: rt.shim_path.as_str(),
-                    systemd_cgroup: false,
-                });
+                .unwrap_or(Entry::new(rt, false, &containerd));
             remove_from_template(text, backup, &entry, *schema, path)?
         }
     };

@@ -65,19 +65,30 @@ fn assert_sees_runtime(version: &str, dump: &Dump, systemd_cgroup: bool) {
         "io.containerd.cri.v1.runtime"
     };
     let rt = &dump.doc["plugins"][plugin]["containerd"]["runtimes"]["wasmtime"];
-    assert_eq!(
-        rt["runtime_type"].as_str(),
-        Some("io.containerd.wasmtime.v1"),
-        "containerd {version} does not see our runtime under {plugin}"
-    );
-    assert_eq!(
-        rt["runtime_path"].as_str(),
-        Some("/opt/wasmruntime/wasmtime/containerd-shim-wasmtime-v1")
-    );
-    assert_eq!(
-        rt["options"]["SystemdCgroup"].as_bool(),
-        Some(systemd_cgroup)
-    );
+    let shim = "/opt/wasmruntime/wasmtime/containerd-shim-wasmtime-v1";
+    if version.starts_with("1.6") {
+        // 1.6 ignores runtime_path and hands the shim only `ConfigBody` (see EntryForm)
+        assert_eq!(
+            rt["runtime_type"].as_str(),
+            Some(shim),
+            "containerd {version} does not see our runtime under {plugin}"
+        );
+        assert_eq!(
+            rt["options"]["ConfigBody"].as_str(),
+            Some(format!("SystemdCgroup = {systemd_cgroup}").as_str())
+        );
+    } else {
+        assert_eq!(
+            rt["runtime_type"].as_str(),
+            Some("io.containerd.wasmtime.v1"),
+            "containerd {version} does not see our runtime under {plugin}"
+        );
+        assert_eq!(rt["runtime_path"].as_str(), Some(shim));
+        assert_eq!(
+            rt["options"]["SystemdCgroup"].as_bool(),
+            Some(systemd_cgroup)
+        );
+    }
     assert!(
         !dump.stderr.contains("unknown key"),
         "containerd {version} warned about unknown keys: {}",

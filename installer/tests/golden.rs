@@ -376,3 +376,34 @@ fn drifted_entry_is_repaired_in_place() {
         plan_install(&facts(&[(path, drifted)]), version, Distro::Containerd, &rt).unwrap();
     assert_eq!(repaired.change, FileChange::Write(good));
 }
+
+/// containerd 1.6 -> 1.7 on the same node: the 1.6 form of our entry counts as drifted
+/// and becomes the 1.7 form in place; everything else stays.
+#[test]
+fn containerd_upgrade_from_1_6_rewrites_the_entry() {
+    let rt = spec("wasmtime", Auto);
+    let on_1_6 =
+        std::fs::read_to_string(fixtures_dir().join("golden/systemd-runc-1.6.toml")).unwrap();
+    let files = vec![(PathBuf::from(CONTAINERD_CONFIG), on_1_6.clone())];
+    let plan = plan_install(&facts(&files), v("1.7.24"), Distro::Containerd, &rt).unwrap();
+    let FileChange::Write(new) = &plan.change else {
+        panic!("expected a rewrite, got {:?}", plan.change)
+    };
+    assert!(plan.restart.is_some());
+    let shim = "/opt/wasmruntime/wasmtime/containerd-shim-wasmtime-v1";
+    assert!(
+        new.contains("runtime_type = \"io.containerd.wasmtime.v1\""),
+        "{new}"
+    );
+    assert!(new.contains(&format!("runtime_path = \"{shim}\"")), "{new}");
+    assert!(
+        new.contains("  SystemdCgroup = true\n") && !new.contains("ConfigBody"),
+        "{new}"
+    );
+    // the lines before our table are untouched
+    let ours = "# wasm-installer: managed runtime handler";
+    assert_eq!(
+        new.split(ours).next().unwrap(),
+        on_1_6.split(ours).next().unwrap()
+    );
+}

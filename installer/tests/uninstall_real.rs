@@ -5,9 +5,6 @@
 //! our installed shim too: containerd-shim-wasm runs native ELF entrypoints as ordinary
 //! Linux processes. The pause image is a static C program built here and imported under
 //! the name the containerd config pins, so nothing is pulled.
-//!
-//! On containerd 1.6 the installer's entry cannot start pods yet: see
-//! `make_containerd_1_6_start_our_pods`, which pins why and works around it.
 
 mod support;
 
@@ -170,77 +167,14 @@ fn try_start_pod(c: &Containerd, handler: &str, name: &str) -> Result<Pod, Strin
     Ok(Pod { sandbox, container })
 }
 
-/// containerd 1.6 cannot start a pod from the entry the installer writes today, for two
-/// reasons pinned here:
-/// 1. its CRI parses `runtime_path` but never passes it on (1.7 added `WithRuntimePath`),
-///    so it looks `containerd-shim-wasmtime-v1` up on its PATH: "binary not installed";
-/// 2. with the shim found, it sends our `[options]` as a `runtimeoptions.v1.Options`
-///    without `config_body` (1.7 added that field), which containerd-shim-wasm 1.0.1
-///    cannot parse: "missing field `systemd_cgroup`".
-///
-/// The form that works on 1.6 is `runtime_type` = the shim's absolute path (1.6's shim
-/// manager takes an absolute runtime name as the binary) and no `[options]`; the test
-/// rewrites our entry into it, keeping the ownership marker, so the uninstall checks run
-/// on 1.6 too. Once the installer writes that form, the first assertion fails: drop this.
-fn make_containerd_1_6_start_our_pods(r: &Run) {
-    let c = r.c;
-    let handler = r.handler();
-    let err = try_start_pod(c, handler.as_str(), "pin-path").err();
-    assert!(
-        err.as_ref()
-            .is_some_and(|e| e.contains("binary not installed \"containerd-shim-wasmtime-v1\"")),
-        "containerd 1.6 with the installer's entry: {err:?}"
-    );
-    let link = c.path_bin().join(support::SHIM_NAME);
-    std::os::unix::fs::symlink(r.shim_dest(), &link).unwrap();
-    let err = try_start_pod(c, handler.as_str(), "pin-options").err();
-    assert!(
-        err.as_ref()
-            .is_some_and(|e| e.contains("missing field `systemd_cgroup`")),
-        "containerd 1.6 with the shim on its PATH: {err:?}"
-    );
-    std::fs::remove_file(link).unwrap();
-
-    let shim = r.shim_dest().display().to_string();
-    let options = format!("runtimes.{handler}.options]");
-    let mut fixed = String::new();
-    let mut in_options = false;
-    for line in r.config().lines() {
-        // Our `[...options]` header and its one key go; nothing else changes.
-        if line.trim_end().ends_with(&options) {
-            in_options = true;
-            // with the blank line that separates it from our keys
-            if fixed.ends_with("\n\n") {
-                fixed.pop();
-            }
-            continue;
-        }
-        if in_options && line.trim_start().starts_with("SystemdCgroup") {
-            in_options = false;
-            continue;
-        }
-        fixed.push_str(&line.replace(
-            "runtime_type = \"io.containerd.wasmtime.v1\"",
-            &format!("runtime_type = \"{shim}\""),
-        ));
-        fixed.push('\n');
-    }
-    assert!(fixed.contains(&format!("runtime_type = \"{shim}\"")) && !fixed.contains(&options));
-    std::fs::write(&c.config, fixed).unwrap();
-    c.restart();
-    assert!(r.knows_handler());
-}
-
-/// Our pod, started through the installed shim (CRI takes it from our entry).
+/// Our pod, started through the installed shim (CRI takes it from our entry; on 1.6
+/// from `runtime_type`, the shim's absolute path, with the options in `ConfigBody`).
 fn pod_through_installed_shim(r: &Run, name: &str) -> Pod {
-    if r.c.version.starts_with("1.6") {
-        make_containerd_1_6_start_our_pods(r);
-    }
     start_pod(r.c, r.handler().as_str(), name)
 }
 
 /// Every process serving this containerd runs the installed shim file (CRI started it
-/// from `runtime_path`).
+/// from our entry, not from a copy on its PATH).
 fn assert_runs_installed_shim(r: &Run) {
     let pids = r.c.shim_pids();
     assert!(!pids.is_empty(), "no shim process serves the pod");

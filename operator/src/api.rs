@@ -123,7 +123,9 @@ pub enum PullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct ContainerdSpec {
     /// Absolute path of containerd's config file (or config template) on the node. Unset means
-    /// detect it from the distribution (plain containerd, k3s, RKE2, MicroK8s, k0s).
+    /// detect it from the distribution (plain containerd, k3s, RKE2, MicroK8s, k0s); on plain
+    /// containerd, the `--config` of the one running containerd when that is not the default
+    /// /etc/containerd/config.toml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('/../') && !self.endsWith('/..')").message("containerd.configPath must be an absolute path without '..'"))]
     pub config_path: Option<String>,
@@ -145,7 +147,9 @@ pub struct ContainerdSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RestartSpec {
     /// auto: systemd when the host runs it (the distribution's unit for k3s, RKE2 and
-    /// MicroK8s), nothing for k0s; systemd: restart the unit over systemd; signal: send SIGTERM
+    /// MicroK8s), nothing for k0s, and without systemd SIGTERM when containerd's parent is a
+    /// known supervisor (runsv, s6-supervise, supervise, supervise-daemon, supervisord,
+    /// monit), else an error; systemd: restart the unit over systemd; signal: send SIGTERM
     /// to containerd and let its supervisor start it again; command: run `command` on the host;
     /// none: never restart (the new runtime is used after the next containerd restart).
     #[serde(default)]

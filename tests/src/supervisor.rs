@@ -150,6 +150,19 @@ struct Supervisor {
 /// which and why).
 pub fn run(plan_file: &Path) -> Result<(), Error> {
     install_signal_handlers();
+    // Named like daemontools' `supervise`, which it is: wasm-installer's `auto` restart
+    // recognises a supervised containerd by its parent's name (installer/src/daemon.rs).
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"supervise".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
     let text = std::fs::read(plan_file).map_err(|e| Error::io(plan_file, e))?;
     let plan: Plan = serde_json::from_slice(&text)
         .map_err(|e| Error::io(plan_file, std::io::Error::other(e)))?;

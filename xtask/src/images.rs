@@ -183,6 +183,23 @@ fn stripped(binary: &Path, out: &Path) -> Result<PathBuf> {
 /// Build the binaries (release, or dev with `dev`) and write `<out>/<name>.tar` for each
 /// image; returns (reference, tarball, manifest digest).
 pub fn build(dev: bool, out: &Path) -> Result<Vec<(String, PathBuf, String)>> {
+    let target = build_binaries(dev)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    for spec in specs() {
+        let reference = spec.reference();
+        let image = assemble(&spec, &reference, &target, dev, out)?;
+        let tar = out.join(format!("{}.tar", spec.name));
+        let digest = image
+            .write_tar(&tar)
+            .with_context(|| format!("writing {}", tar.display()))?;
+        written.push((reference, tar, digest));
+    }
+    Ok(written)
+}
+
+/// `cargo build` of the three binaries; returns the directory they are in.
+pub fn build_binaries(dev: bool) -> Result<PathBuf> {
     let mut args = vec![
         "build",
         "--locked",
@@ -190,61 +207,60 @@ pub fn build(dev: bool, out: &Path) -> Result<Vec<(String, PathBuf, String)>> {
         "wasm-operator",
         "-p",
         "wasm-installer",
+        "-p",
+        "containerd-shim-wasmtime",
     ];
-    args.extend(["-p", "containerd-shim-wasmtime"]);
     if !dev {
         args.push("--release");
     }
     cmd::cargo(&args)?;
-    let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?)
-        .join(if dev { "debug" } else { "release" });
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut written = Vec::new();
-    for spec in specs() {
-        let mut image = RootfsImage::new(&spec.reference()).entrypoint(
-            &spec
-                .entrypoint
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        if let Some(user) = spec.user {
-            image = image.user(user);
-        }
-        for (k, v) in spec.labels() {
-            image = image.label(&k, &v);
-        }
-        let mut libs = Vec::new();
-        for b in spec.binaries() {
-            libs.extend(ldd(&target.join(b))?);
-        }
-        libs.sort();
-        libs.dedup();
-        for lib in &libs {
-            let bytes = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
-            image = image.file(lib, bytes, 0o755);
-        }
-        for e in &spec.entries {
-            let path = match &e.source {
-                Source::Binary(b) if dev => stripped(&target.join(b), out)?,
-                Source::Binary(b) => target.join(b),
-                Source::Host(p) => PathBuf::from(p),
-                Source::Repo(p) => cmd::workspace_root().join(p),
-            };
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            if dev && matches!(e.source, Source::Binary(_)) {
-                std::fs::remove_file(&path)?;
-            }
-            image = image.file(&e.dest, bytes, e.mode);
-        }
-        let tar = out.join(format!("{}.tar", spec.name));
-        let digest = image
-            .write_tar(&tar)
-            .with_context(|| format!("writing {}", tar.display()))?;
-        written.push((spec.reference(), tar, digest));
+    Ok(
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?)
+            .join(if dev { "debug" } else { "release" }),
+    )
+}
+
+/// One image of `spec` under `reference`, from the binaries in `target` (dev binaries lose
+/// their debug info on the way, through a scratch copy in `scratch`).
+pub fn assemble(
+    spec: &Spec,
+    reference: &str,
+    target: &Path,
+    dev: bool,
+    scratch: &Path,
+) -> Result<RootfsImage> {
+    let entrypoint: Vec<&str> = spec.entrypoint.iter().map(String::as_str).collect();
+    let mut image = RootfsImage::new(reference).entrypoint(&entrypoint);
+    if let Some(user) = spec.user {
+        image = image.user(user);
     }
-    Ok(written)
+    for (k, v) in spec.labels() {
+        image = image.label(&k, &v);
+    }
+    let mut libs = Vec::new();
+    for b in spec.binaries() {
+        libs.extend(ldd(&target.join(b))?);
+    }
+    libs.sort();
+    libs.dedup();
+    for lib in &libs {
+        let bytes = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
+        image = image.file(lib, bytes, 0o755);
+    }
+    for e in &spec.entries {
+        let path = match &e.source {
+            Source::Binary(b) if dev => stripped(&target.join(b), scratch)?,
+            Source::Binary(b) => target.join(b),
+            Source::Host(p) => PathBuf::from(p),
+            Source::Repo(p) => cmd::workspace_root().join(p),
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if dev && matches!(e.source, Source::Binary(_)) {
+            std::fs::remove_file(&path)?;
+        }
+        image = image.file(&e.dest, bytes, e.mode);
+    }
+    Ok(image)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod bench_operator;
 mod cmd;
 mod crdgen;
 mod docs;
+mod e2e;
 mod images;
 mod testbed;
 mod up;
@@ -31,9 +32,11 @@ enum Command {
     Crdgen,
     /// Regenerate the chart's README.md (from values.yaml) and docs/reference.md (from the CRD).
     Docs,
-    /// The whole test suite: test bed, rustfmt, clippy, then every test with nextest.
+    /// The whole test suite: test bed, rustfmt, clippy, every test with nextest, then the
+    /// end-to-end suite (`xtask e2e`) on containerd 2.x and 1.7.
     Test {
-        /// Extra arguments for `cargo nextest run` (e.g. a test name filter).
+        /// Extra arguments for `cargo nextest run` (e.g. a test name filter); with any, only
+        /// the matching nextest tests run (no end-to-end suite).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         nextest_args: Vec<String>,
     },
@@ -52,6 +55,21 @@ enum Command {
         /// Internal: run the cluster's process supervisor on this plan file.
         #[arg(long, hide = true, value_name = "PLAN")]
         supervise: Option<std::path::PathBuf>,
+    },
+    /// The end-to-end suite on a fresh single-node cluster per containerd version: install
+    /// with helm, Wasm Jobs, wasi:http behind a Service, volumes and limits, a day-2 re-roll
+    /// under load, a broken install rolled back, deletion and `helm uninstall`, and
+    /// docs/getting-started.md run verbatim. Tears the cluster down at the end.
+    E2e {
+        /// containerd versions, in order (2, 1.7, 1.6).
+        #[arg(long, value_delimiter = ',', default_value = "2,1.7")]
+        containerd: Vec<String>,
+        /// Write the step timings into docs/benchmarks.md.
+        #[arg(long)]
+        record: bool,
+        /// Leave the last cluster running (`cargo xtask down` removes it).
+        #[arg(long)]
+        keep: bool,
     },
     /// Stop the cluster of `xtask up` and put the machine back as it was (processes, mounts,
     /// iptables rules, the bridge, kernel settings, files).
@@ -82,7 +100,11 @@ enum Bench {
     },
     /// The Wasm shim on containerd 2.x: `ctr run` cold start vs runc (with/without the
     /// module cache), idle memory per container, wasi:http vs `wasmtime serve`.
-    Shim,
+    Shim {
+        /// Run only this part and replace only its subsection of the shim section.
+        #[arg(long, value_enum)]
+        only: Option<bench::ShimPart>,
+    },
     /// The installer on real containerd 1.6/1.7/2.x: start -> verified, the CRI gap during
     /// the restart, the no-op re-run and its restarts (medians of 5 runs).
     Installer,
@@ -104,6 +126,11 @@ fn main() -> Result<()> {
             None => up::run(&containerd, release),
         },
         Command::Down => up::down(),
+        Command::E2e {
+            containerd,
+            record,
+            keep,
+        } => e2e::run(&containerd, record, keep),
         Command::Images { dev, out } => {
             let out = out.unwrap_or_else(|| {
                 std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_default())
@@ -128,7 +155,7 @@ fn main() -> Result<()> {
             println!("{section}");
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
-        Command::Bench(Bench::Shim) => bench::shim(),
+        Command::Bench(Bench::Shim { only }) => bench::shim(only),
         Command::Bench(Bench::Installer) => {
             testbed::install_all()?;
             let section = bench_installer::report(&bench_installer::run()?);
@@ -160,6 +187,9 @@ fn test(nextest_args: &[String]) -> Result<()> {
     ];
     args.extend(nextest_args.iter().map(String::as_str));
     cmd::cargo(&args)?;
+    if nextest_args.is_empty() {
+        e2e::run(&["2".to_owned(), "1.7".to_owned()], false, false)?;
+    }
     eprintln!("xtask test: finished in {:.0?}", started.elapsed());
     Ok(())
 }

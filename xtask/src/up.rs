@@ -17,39 +17,86 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use testbed::node::{NODE_NAME, Node, NodeOptions};
-use testbed::oci::RootfsImage;
 use testbed::workloads::{BUSYBOX_IMAGE, HELLO_GREETING, HELLO_WASM_IMAGE};
 use testbed::{cni, paths, versions};
 
 use crate::{cmd, images, testbed as bed};
 
-const SAMPLE: &str = "config/samples/wasmruntime_v1alpha1_wasmruntime.yaml";
+pub const SAMPLE: &str = "config/samples/wasmruntime_v1alpha1_wasmruntime.yaml";
 const CHART: &str = "charts/wasm-runtime-operator";
 /// The release name contains the chart name, so objects are named `wasm-runtime-operator`.
-const RELEASE: &str = "wasm-runtime-operator";
-const RELEASE_NAMESPACE: &str = "wasm-system";
-const INSTALLER_NAMESPACE: &str = "wasm-installers";
+pub const RELEASE: &str = "wasm-runtime-operator";
+pub const RELEASE_NAMESPACE: &str = "wasm-system";
+pub const INSTALLER_NAMESPACE: &str = "wasm-installers";
 
 /// The hidden `up --supervise <plan>`: the cluster's process supervisor.
 pub fn supervise(plan: &Path) -> Result<()> {
     testbed::supervisor::run(plan).context("cluster supervisor")
 }
 
-struct Clock(Instant);
+pub struct Clock(pub Instant);
 
 impl Clock {
-    fn step(&self, what: &str) {
-        eprintln!("xtask up [{:>5.1}s] {what}", self.0.elapsed().as_secs_f64());
+    pub fn step(&self, what: &str) {
+        eprintln!("xtask [{:>6.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+/// A running single-node cluster with our images in its containerd.
+pub struct Up {
+    pub node: Node,
+    /// (reference, tarball, digest) of the operator and installer images.
+    pub product: Vec<(String, PathBuf, String)>,
+    /// Where the tarballs are; scratch space for more images.
+    pub image_dir: PathBuf,
+    /// The directory of the binaries the images carry, and whether they are dev builds.
+    pub binaries: PathBuf,
+    pub dev: bool,
+}
+
+/// The Debian containerd package for `--containerd 2|1.7|1.6`.
+pub fn package(containerd: &str) -> Result<versions::DebPackage> {
+    match containerd {
+        "2" | "2.x" => Ok(versions::CONTAINERD_2),
+        v => versions::containerd_package(v)
+            .with_context(|| format!("--containerd {v}: choose 2, 1.7 or 1.6")),
     }
 }
 
 pub fn run(containerd: &str, release: bool) -> Result<()> {
     let clock = Clock(Instant::now());
-    let package = match containerd {
-        "2" | "2.x" => versions::CONTAINERD_2,
-        v => versions::containerd_package(v)
-            .with_context(|| format!("--containerd {v}: choose 2, 1.7 or 1.6"))?,
+    let up = cluster(package(containerd)?, release, false, &clock)?;
+    let node = &up.node;
+    let kubectl = |args: &[&str]| -> Result<()> {
+        cmd::run(node.kubectl().args(args).current_dir(cmd::workspace_root()))
     };
+
+    run_job(node, "hello-runc", &runc_job(), "hello from runc")?;
+    clock.step("runc Job completed");
+
+    install_chart(&up)?;
+    clock.step("chart installed, operator Deployment available");
+
+    apply(node, &adapted_sample(node)?)?;
+    wait_runtime_ready(node, "wasmtime", "300s")?;
+    kubectl(&["get", "wasmruntimes", "-o", "wide"])?;
+    kubectl(&["get", "runtimeclass", "wasmtime"])?;
+    clock.step("WasmRuntime wasmtime Ready, RuntimeClass wasmtime present");
+
+    let logs = run_job(node, "hello-wasm", &wasm_job(), HELLO_GREETING)?;
+    clock.step("Wasm Job completed");
+    print_summary(node, &logs, clock.0.elapsed());
+    Ok(())
+}
+
+/// The test bed, our images, the cluster (the running one when it has this containerd
+/// and `fresh` is false; otherwise a new one), the images imported, the node Ready.
+pub fn cluster(
+    package: versions::DebPackage,
+    release: bool,
+    fresh: bool,
+    clock: &Clock,
+) -> Result<Up> {
     bed::install_all()?;
     ensure_nft()?;
     clock.step("test bed ready");
@@ -57,7 +104,7 @@ pub fn run(containerd: &str, release: bool) -> Result<()> {
     // Everything that can fail without touching the machine comes first.
     let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?);
     let image_dir = target.join("up-images");
-    let product = product_images(release, &image_dir)?;
+    let (binaries, product) = product_images(release, &image_dir)?;
     let busybox = image_dir.join("busybox.tar");
     testbed::workloads::busybox_image(&busybox)?;
     let hello = image_dir.join("hello-wasm.tar");
@@ -66,7 +113,8 @@ pub fn run(containerd: &str, release: bool) -> Result<()> {
 
     let node = Node::new();
     let wanted_dir = paths::deb_root(&package).display().to_string();
-    let reuse = node.is_running() && node.info().is_some_and(|i| i.containerd_dir == wanted_dir);
+    let reuse =
+        !fresh && node.is_running() && node.info().is_some_and(|i| i.containerd_dir == wanted_dir);
     if reuse {
         clock.step(&format!(
             "reusing the running cluster in {}",
@@ -126,18 +174,26 @@ pub fn run(containerd: &str, release: bool) -> Result<()> {
         "--timeout=180s",
     ])?;
     clock.step("node Ready");
+    Ok(Up {
+        node,
+        product,
+        image_dir,
+        binaries,
+        dev: !release,
+    })
+}
 
-    run_job(&node, "hello-runc", &runc_job(), "hello from runc")?;
-    clock.step("runc Job completed");
-
-    let root = cmd::workspace_root();
-    let (operator_ref, installer_ref) = (&product[0].0, &product[1].0);
+/// `helm upgrade --install` of the chart with our imported images, waiting for the
+/// operator Deployment.
+pub fn install_chart(up: &Up) -> Result<()> {
+    let (operator_ref, installer_ref) = (&up.product[0].0, &up.product[1].0);
     let (op_repo, op_tag) = operator_ref.rsplit_once(':').context("operator image")?;
     let (inst_repo, inst_tag) = installer_ref.rsplit_once(':').context("installer image")?;
     cmd::run(
-        node.helm()
+        up.node
+            .helm()
             .args(["upgrade", "--install", RELEASE])
-            .arg(root.join(CHART))
+            .arg(cmd::workspace_root().join(CHART))
             .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace"])
             .args(["--set", &format!("image.repository={op_repo}")])
             .args(["--set", &format!("image.tag={op_tag}")])
@@ -147,63 +203,42 @@ pub fn run(containerd: &str, release: bool) -> Result<()> {
             .args(["--wait", "--timeout", "3m"])
             // The chart's NOTES are for people installing by hand; the summary follows.
             .stdout(Stdio::null()),
-    )?;
-    clock.step("chart installed, operator Deployment available");
+    )
+}
 
-    let sample = adapted_sample(&node)?;
-    apply(&node, &sample)?;
+/// Waits for the WasmRuntime's Ready condition; on timeout shows why.
+pub fn wait_runtime_ready(node: &Node, name: &str, timeout: &str) -> Result<()> {
+    let kubectl = |args: &[&str]| cmd::run(node.kubectl().args(args));
     let waited = kubectl(&[
         "wait",
         "--for=condition=Ready",
-        "wasmruntime/wasmtime",
-        "--timeout=300s",
+        &format!("wasmruntime/{name}"),
+        &format!("--timeout={timeout}"),
     ]);
     if let Err(e) = waited {
-        let _ = kubectl(&["get", "wasmruntime", "wasmtime", "-o", "yaml"]);
+        let _ = kubectl(&["get", "wasmruntime", name, "-o", "yaml"]);
         let _ = kubectl(&["-n", INSTALLER_NAMESPACE, "get", "pods", "-o", "wide"]);
         let _ = kubectl(&[
             "-n",
             INSTALLER_NAMESPACE,
             "logs",
             "-l",
-            "wasmruntime.dev/runtime=wasmtime",
+            &format!("wasmruntime.dev/runtime={name}"),
             "--tail=50",
         ]);
-        return Err(e.context("the WasmRuntime did not become Ready"));
+        return Err(e.context(format!("the WasmRuntime {name} did not become Ready")));
     }
-    kubectl(&["get", "wasmruntimes", "-o", "wide"])?;
-    kubectl(&["get", "runtimeclass", "wasmtime"])?;
-    clock.step("WasmRuntime wasmtime Ready, RuntimeClass wasmtime present");
-
-    let logs = run_job(&node, "hello-wasm", &wasm_job(), HELLO_GREETING)?;
-    clock.step("Wasm Job completed");
-    print_summary(&node, &logs, clock.0.elapsed());
     Ok(())
 }
 
-/// The operator and installer images, as `xtask images` builds them but with the binaries
-/// stripped (`objcopy --strip-all`): a dev build of the shim is ~650 MB of debug info, more
-/// than the installer pod's 256 Mi memory limit allows it to copy, and minutes of hashing.
-/// Skipped when the tarballs of an earlier run are newer than the binaries (the images are
-/// reproducible: the same binaries give the same tarballs).
-fn product_images(release: bool, dir: &Path) -> Result<Vec<(String, PathBuf, String)>> {
+/// The operator and installer images, as `xtask images` builds them (dev binaries without
+/// their debug info: a dev build of the shim is ~650 MB, more than the installer pod's
+/// memory limit allows it to copy, and minutes of hashing). Skipped when the tarballs of
+/// an earlier run are newer than the binaries (the images are reproducible: the same
+/// binaries give the same tarballs). Returns the binaries' directory too.
+fn product_images(release: bool, dir: &Path) -> Result<(PathBuf, Vec<(String, PathBuf, String)>)> {
     let profile = if release { "release" } else { "debug" };
-    let mut args = vec![
-        "build",
-        "--locked",
-        "-p",
-        "wasm-operator",
-        "-p",
-        "wasm-installer",
-        "-p",
-        "containerd-shim-wasmtime",
-    ];
-    if release {
-        args.push("--release");
-    }
-    cmd::cargo(&args)?;
-    let target =
-        PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?).join(profile);
+    let target = images::build_binaries(!release)?;
     let record = dir.join(format!("images-{profile}.json"));
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let newest_input = [
@@ -225,61 +260,21 @@ fn product_images(release: bool, dir: &Path) -> Result<Vec<(String, PathBuf, Str
             .all(|(_, tar, _)| mtime(tar).is_some_and(|t| t > newest))
     {
         eprintln!("xtask up: operator and installer images are up to date");
-        return Ok(earlier);
+        return Ok((target, earlier));
     }
-    let stripped = dir.join(format!("stripped-{profile}"));
-    std::fs::create_dir_all(&stripped)?;
+    std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for spec in images::specs() {
-        let entrypoint: Vec<&str> = spec.entrypoint.iter().map(String::as_str).collect();
-        let mut image = RootfsImage::new(&spec.reference()).entrypoint(&entrypoint);
-        if let Some(user) = spec.user {
-            image = image.user(user);
-        }
-        for (k, v) in spec.labels() {
-            image = image.label(&k, &v);
-        }
-        let mut libs = Vec::new();
-        for e in &spec.entries {
-            if let images::Source::Binary(b) = e.source {
-                let out = cmd::output(std::process::Command::new("ldd").arg(target.join(b)))
-                    .unwrap_or_default();
-                libs.extend(images::parse_ldd(&out));
-            }
-        }
-        libs.sort();
-        libs.dedup();
-        for lib in &libs {
-            let bytes = std::fs::read(lib).with_context(|| format!("reading {lib}"))?;
-            image = image.file(lib, bytes, 0o755);
-        }
-        for e in &spec.entries {
-            let path = match &e.source {
-                images::Source::Binary(b) => {
-                    let out = stripped.join(b);
-                    cmd::run(
-                        std::process::Command::new("objcopy")
-                            .arg("--strip-all")
-                            .arg(target.join(b))
-                            .arg(&out),
-                    )?;
-                    out
-                }
-                images::Source::Host(p) => PathBuf::from(p),
-                images::Source::Repo(p) => cmd::workspace_root().join(p),
-            };
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            image = image.file(&e.dest, bytes, e.mode);
-        }
+        let reference = spec.reference();
+        let image = images::assemble(&spec, &reference, &target, !release, dir)?;
         let tar = dir.join(format!("{}.tar", spec.name));
         let digest = image
             .write_tar(&tar)
             .with_context(|| format!("writing {}", tar.display()))?;
-        written.push((spec.reference(), tar, digest));
+        written.push((reference, tar, digest));
     }
     std::fs::write(&record, serde_json::to_vec_pretty(&written)?)?;
-    Ok(written)
+    Ok((target, written))
 }
 
 /// `cargo xtask down`.
@@ -335,7 +330,7 @@ fn ensure_nft() -> Result<()> {
 /// The sample WasmRuntime, adapted to this node: containerd's config is the cluster's own
 /// file, and containerd is restarted by SIGTERM to the supervised process (PID 1 here is no
 /// systemd, so `auto` cannot work).
-fn adapted_sample(node: &Node) -> Result<String> {
+pub fn adapted_sample(node: &Node) -> Result<String> {
     let path = cmd::workspace_root().join(SAMPLE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {SAMPLE}"))?;
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
@@ -354,7 +349,7 @@ fn adapted_sample(node: &Node) -> Result<String> {
     Ok(serde_yaml::to_string(&doc)?)
 }
 
-fn apply(node: &Node, yaml: &str) -> Result<()> {
+pub fn apply(node: &Node, yaml: &str) -> Result<()> {
     let mut child = node
         .kubectl()
         .args(["apply", "-f", "-"])
@@ -426,7 +421,7 @@ spec:
 
 /// (Re)creates a Job, waits for its Complete or Failed condition, and returns its logs,
 /// which must contain `expect`.
-fn run_job(node: &Node, name: &str, manifest: &str, expect: &str) -> Result<String> {
+pub fn run_job(node: &Node, name: &str, manifest: &str, expect: &str) -> Result<String> {
     cmd::run(node.kubectl().args([
         "delete",
         "job",

@@ -44,6 +44,7 @@ pub struct FakeHost {
     /// A config text containing this makes the fake containerd stop serving.
     pub rejects: Option<String>,
     pub running: Vec<String>,
+    pub daemons: Vec<crate::daemon::Daemon>,
 }
 
 impl FakeHost {
@@ -57,6 +58,7 @@ impl FakeHost {
             loaded: Mutex::new(None),
             rejects: None,
             running: Vec::new(),
+            daemons: Vec::new(),
         }
     }
 
@@ -190,6 +192,9 @@ impl Host for FakeHost {
                 })
             }
         }
+    }
+    fn containerd_daemons(&self) -> Vec<crate::daemon::Daemon> {
+        self.daemons.clone()
     }
     fn running_containers(&self, _handler: &HandlerName) -> Result<Vec<String>> {
         Ok(self.running.clone())

@@ -90,6 +90,8 @@ pub trait Host {
     fn copy_shim(&self, source: &Path, dest: &Path) -> Result<ShimCopy>;
     /// Whether PID 1 on the host is systemd (`/run/systemd/system` exists).
     fn systemd_booted(&self) -> bool;
+    /// The containerd daemons running on the host (hostPID), for `auto` decisions.
+    fn containerd_daemons(&self) -> Vec<crate::daemon::Daemon>;
     fn restart(&self, action: &RestartAction) -> Result<()>;
     /// containerd's version as CRI `Version` reports it (`1.7.24~ds1`, `v2.1.9`).
     fn cri_version(&self) -> Result<String>;

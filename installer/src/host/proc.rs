@@ -60,6 +60,43 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Every live containerd daemon with its config and its parent's `comm` (none when the
+/// parent is PID 1).
+pub(crate) fn containerd_daemons() -> Vec<crate::daemon::Daemon> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let config = daemon_config(&cmdline(pid)?)?;
+            if is_zombie(pid) {
+                return None;
+            }
+            let parent = parent_pid(pid)
+                .filter(|p| *p > 1)
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+                .map(|c| c.trim_end().to_owned());
+            Some(crate::daemon::Daemon {
+                pid,
+                config,
+                parent,
+            })
+        })
+        .collect()
+}
+
+/// The 4th field of /proc/<pid>/stat (after the parenthesised comm, which may hold spaces).
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Live containerd daemons whose config is `config` (compared after resolving
 /// symlinks, as the process may have been started with another spelling).
 pub(crate) fn find_containerd(config: &Path) -> Vec<i32> {

@@ -181,6 +181,10 @@ impl Host for RealHost {
         self.local(Path::new("/run/systemd/system")).is_dir()
     }
 
+    fn containerd_daemons(&self) -> Vec<crate::daemon::Daemon> {
+        super::proc::containerd_daemons()
+    }
+
     fn restart(&self, action: &RestartAction) -> Result<()> {
         match action {
             RestartAction::None => Ok(()),

@@ -18,6 +18,7 @@ pub use install::{ConfigOutcome, InstallReport, install};
 pub use uninstall::{UninstallReport, uninstall};
 pub use watch::{Drift, OnDrift, check_drift, watch};
 
+use crate::daemon::{Daemon, SUPERVISORS, adopted_config, supervisor};
 use crate::distro::{
     CONTAINERD_CONFIG, Distro, HostFacts, K0S_DROPIN_DIR, K0S_RENDERED_CRI, K3S_CONTAINERD_DIR,
     MICROK8S_TEMPLATE, RKE2_CONTAINERD_DIR, Restart, probe_paths,
@@ -158,7 +159,16 @@ pub(crate) fn resolve(host: &dyn Host, s: &Setup) -> Result<Resolved> {
             candidates.push(Path::new(dir).join(f));
         }
     }
-    if let Some(config) = &s.config {
+    // No config given: the one running containerd may show where its config really is.
+    let daemons = host.containerd_daemons();
+    let config = s.config.clone().or_else(|| {
+        let adopted = adopted_config(&daemons);
+        if let Some(path) = &adopted {
+            tracing::info!(config = %path.display(), "using the config the running containerd reads");
+        }
+        adopted
+    });
+    if let Some(config) = &config {
         // An explicit main config also decides drop-in use (its `imports`).
         candidates.retain(|p| p != Path::new(CONTAINERD_CONFIG));
         if let Some(t) = read_text(host, config)? {
@@ -175,17 +185,23 @@ pub(crate) fn resolve(host: &dyn Host, s: &Setup) -> Result<Resolved> {
         None => Distro::detect(&facts)?,
     };
     let decision = decide_target(distro, &containerd, &facts, &s.spec.handler)?;
-    let file = match (&decision.target, &s.config) {
+    let file = match (&decision.target, &config) {
         (ConfigTarget::MainFile { .. }, Some(config)) => config.clone(),
         (t, _) => t.path().to_owned(),
     };
-    let effective = match (&decision.target, &s.config) {
+    let effective = match (&decision.target, &config) {
         (_, Some(config)) => config.clone(),
         (ConfigTarget::MainFile { path }, None) => path.clone(),
         (ConfigTarget::GoTemplate { rendered, .. }, None) => rendered.clone(),
         (ConfigTarget::DropIn { effective, .. }, None) => effective.clone(),
     };
-    let restart = restart_action(host, &s.strategy, distro.restart(&facts), &effective)?;
+    let restart = restart_action(
+        host,
+        &s.strategy,
+        distro.restart(&facts),
+        &effective,
+        &daemons,
+    )?;
     Ok(Resolved {
         facts,
         distro,
@@ -202,6 +218,7 @@ pub(crate) fn restart_action(
     strategy: &Strategy,
     distro: Restart,
     effective_config: &Path,
+    daemons: &[Daemon],
 ) -> Result<RestartAction> {
     let no = |reason: &str| Error::NoRestartStrategy {
         reason: reason.to_owned(),
@@ -219,13 +236,27 @@ pub(crate) fn restart_action(
             ));
         }
         (Strategy::Auto, Restart::Unit(u)) if host.systemd_booted() => RestartAction::Systemd(u),
-        (Strategy::Auto, Restart::Unit(u)) => {
-            return Err(no(&format!(
-                "PID 1 is not systemd, so {} cannot be restarted through it; \
-                 use --restart signal, command or none",
-                u.name()
-            )));
-        }
+        (Strategy::Auto, Restart::Unit(u)) => match supervisor(daemons, effective_config) {
+            Some(by) => {
+                tracing::info!(
+                    supervisor = by,
+                    "PID 1 is not systemd; containerd is supervised: restart by SIGTERM"
+                );
+                RestartAction::Signal {
+                    config: effective_config.to_owned(),
+                }
+            }
+            None => {
+                return Err(no(&format!(
+                    "PID 1 is not systemd, so {} cannot be restarted through it, and the \
+                     containerd serving {} is not run by a known supervisor ({}); \
+                     use --restart signal, command or none",
+                    u.name(),
+                    effective_config.display(),
+                    SUPERVISORS.join(", ")
+                )));
+            }
+        },
     })
 }
 

@@ -264,3 +264,58 @@ fn k0s_drop_in_waits_for_the_self_reload_without_restarting() {
         ]
     );
 }
+
+/// No systemd, no config given: the one running containerd reads a config elsewhere and
+/// a supervisor runs it (the test bed's node): auto edits that file and restarts by signal.
+#[test]
+fn auto_without_systemd_follows_the_running_supervised_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let custom = "/srv/node/containerd.toml";
+    let mut h = FakeHost::new("2.1.9", Path::new(custom));
+    h.systemd = false;
+    h.daemons = vec![crate::daemon::Daemon {
+        pid: 7,
+        config: custom.into(),
+        parent: Some("supervise".into()),
+    }];
+    h.put(custom, "version = 3\n");
+    h.boot();
+    let s = setup(dir.path(), Strategy::Auto);
+    let report = install(&h, &s).unwrap();
+    assert_eq!(report.config, ConfigOutcome::Written);
+    assert!(h.text(custom).unwrap().contains("runtimes.wasm]"));
+    assert!(h.text(CONFIG).is_none(), "the default path stays untouched");
+    assert_eq!(
+        h.restarts(),
+        [RestartAction::Signal {
+            config: custom.into()
+        }]
+    );
+}
+
+/// The same node, but containerd's parent is a shell: SIGTERM could leave the node
+/// without containerd, so auto refuses (before writing anything) and says what to set.
+#[test]
+fn auto_without_systemd_refuses_an_unsupervised_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let custom = "/srv/node/containerd.toml";
+    let mut h = FakeHost::new("2.1.9", Path::new(custom));
+    h.systemd = false;
+    h.daemons = vec![crate::daemon::Daemon {
+        pid: 7,
+        config: custom.into(),
+        parent: Some("bash".into()),
+    }];
+    h.put(custom, "version = 3\n");
+    h.boot();
+    let err = install(&h, &setup(dir.path(), Strategy::Auto)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::NoRestartStrategy { .. })
+            && msg.contains("/srv/node/containerd.toml")
+            && msg.contains("runsv"),
+        "{msg}"
+    );
+    assert!(writes(&h).is_empty(), "{:?}", h.calls());
+    assert_eq!(h.text(custom).unwrap(), "version = 3\n");
+}
