@@ -205,7 +205,10 @@ pub fn plan(nodes: &[NodeView], rollout: &Rollout) -> Plan {
         .iter()
         .filter(|n| match step.next[&n.name] {
             Some(NodeState::Pending | NodeState::Uninstalling) => true,
-            Some(NodeState::Failed) => !stale(n),
+            // A failed node holds budget while it is still meant to run the runtime; one
+            // that is leaving (deselected, or the runtime is being deleted) needs that
+            // budget for its own uninstall.
+            Some(NodeState::Failed) => n.selected && !stale(n),
             _ => false,
         })
         .count();

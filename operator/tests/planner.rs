@@ -94,6 +94,9 @@ fn mv(node: &str, to: Option<NodeState>) -> (String, Option<NodeState>) {
     vec![mv("a", Some(Pending))])]
 #[case::node_leaves_selection(
     vec![node("a", false, Some(Provisioned), ready(REV))], 1, vec![mv("a", Some(Uninstalling))])]
+#[case::failed_leaver_is_uninstalled_within_a_budget_of_one(
+    vec![node("a", false, Some(Failed), failed(REV, "containerd did not verify"))], 1,
+    vec![mv("a", Some(Uninstalling))])]
 #[case::uninstall_done_removes_label(
     vec![NodeView { uninstaller: ready(REV), ..node("a", false, Some(Uninstalling), PodReport::Absent) }], 1,
     vec![mv("a", None)])]

@@ -48,6 +48,14 @@ pub fn deb_root(pkg: &DebPackage) -> PathBuf {
 }
 
 /// The cargo target directory used by xtask for everything it builds.
+/// The `wit-bindgen` binary `cargo xtask testbed` installs.
+pub fn wit_bindgen() -> PathBuf {
+    cache_root().join(format!(
+        "tools/wit-bindgen-{}/bin/wit-bindgen",
+        crate::versions::WIT_BINDGEN
+    ))
+}
+
 pub fn cargo_target() -> PathBuf {
     cache_root().join("target")
 }

@@ -219,3 +219,7 @@ pub const APT_PACKAGES: &[&str] = &[
 
 /// cargo-nextest, the test runner.
 pub const NEXTEST: &str = "0.9.151";
+
+/// wit-bindgen-cli, whose C generator builds the shim's C test components (any release
+/// reading WASI 0.2.x WIT would do; this one is tested).
+pub const WIT_BINDGEN: &str = "0.63.0";

@@ -52,6 +52,9 @@ enum Command {
         /// Build the operator/installer/shim images in release mode (default: dev build).
         #[arg(long)]
         release: bool,
+        /// Write the time of each milestone into docs/benchmarks.md.
+        #[arg(long)]
+        record: bool,
         /// Internal: run the cluster's process supervisor on this plan file.
         #[arg(long, hide = true, value_name = "PLAN")]
         supervise: Option<std::path::PathBuf>,
@@ -120,10 +123,11 @@ fn main() -> Result<()> {
         Command::Up {
             containerd,
             release,
+            record,
             supervise,
         } => match supervise {
             Some(plan) => up::supervise(&plan),
-            None => up::run(&containerd, release),
+            None => up::run(&containerd, release, record),
         },
         Command::Down => up::down(),
         Command::E2e {

@@ -25,6 +25,7 @@ pub fn install_all() -> Result<()> {
     kwok_stages()?;
     debs(versions::DEB_PACKAGES)?;
     nextest()?;
+    wit_bindgen()?;
     eprintln!(
         "xtask: test bed ready in {:.0?} (cache {})",
         started.elapsed(),
@@ -283,6 +284,36 @@ fn nextest() -> Result<()> {
             .env("CARGO_PROFILE_RELEASE_LTO", "off")
             .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
             .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1"),
+    )
+}
+
+/// Installed once here, before any test runs: the shim's fixture builders run in many
+/// test processes at once and must find it in place.
+fn wit_bindgen() -> Result<()> {
+    let bin = paths::wit_bindgen();
+    if bin.exists() {
+        return Ok(());
+    }
+    let root = bin
+        .parent()
+        .and_then(Path::parent)
+        .context("wit-bindgen root")?;
+    eprintln!(
+        "xtask: cargo install wit-bindgen-cli {} (a minute or two, once)",
+        versions::WIT_BINDGEN
+    );
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "wit-bindgen-cli",
+                "--locked",
+                "--version",
+                versions::WIT_BINDGEN,
+                "--root",
+            ])
+            .arg(root)
+            .env("CARGO_TARGET_DIR", paths::cache_root().join("target-tools")),
     )
 }
 

@@ -34,11 +34,18 @@ pub fn supervise(plan: &Path) -> Result<()> {
     testbed::supervisor::run(plan).context("cluster supervisor")
 }
 
-pub struct Clock(pub Instant);
+/// Prints each milestone with the time since the start, and keeps them for the record.
+pub struct Clock(pub Instant, std::cell::RefCell<Vec<(String, f64)>>);
 
 impl Clock {
+    pub fn new() -> Self {
+        Self(Instant::now(), Default::default())
+    }
+
     pub fn step(&self, what: &str) {
-        eprintln!("xtask [{:>6.1}s] {what}", self.0.elapsed().as_secs_f64());
+        let at = self.0.elapsed().as_secs_f64();
+        eprintln!("xtask [{at:>6.1}s] {what}");
+        self.1.borrow_mut().push((what.to_owned(), at));
     }
 }
 
@@ -63,8 +70,8 @@ pub fn package(containerd: &str) -> Result<versions::DebPackage> {
     }
 }
 
-pub fn run(containerd: &str, release: bool) -> Result<()> {
-    let clock = Clock(Instant::now());
+pub fn run(containerd: &str, release: bool, record: bool) -> Result<()> {
+    let clock = Clock::new();
     let up = cluster(package(containerd)?, release, false, &clock)?;
     let node = &up.node;
     let kubectl = |args: &[&str]| -> Result<()> {
@@ -86,7 +93,31 @@ pub fn run(containerd: &str, release: bool) -> Result<()> {
     let logs = run_job(node, "hello-wasm", &wasm_job(), HELLO_GREETING)?;
     clock.step("Wasm Job completed");
     print_summary(node, &logs, clock.0.elapsed());
+    if record {
+        let section = report(&clock, containerd, release);
+        cmd::update_doc_section("docs/benchmarks.md", "up", &section)?;
+    }
     Ok(())
+}
+
+/// The docs/benchmarks.md section: each milestone of this run with its time.
+fn report(clock: &Clock, containerd: &str, release: bool) -> String {
+    let date = cmd::output(std::process::Command::new("date").args(["-u", "+%F"]))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mut out = format!(
+        "## `cargo xtask up --record` ({date})\n\n\
+         containerd {containerd}, {} build, {} CPUs; seconds since the command started \
+         (a cluster already running with this containerd is reused; an earlier one with \
+         another is torn down first).\n\n| milestone | at |\n|---|---|\n",
+        if release { "release" } else { "dev" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    for (what, at) in clock.1.borrow().iter() {
+        out.push_str(&format!("| {} | {at:.1} s |\n", what.trim()));
+    }
+    out
 }
 
 /// The test bed, our images, the cluster (the running one when it has this containerd

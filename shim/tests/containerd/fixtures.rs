@@ -10,10 +10,6 @@ use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER, WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
 };
 
-/// The wit-bindgen-cli release whose C generator is used (any release reading WASI 0.2.x
-/// WIT would do; this one is tested).
-pub const WIT_BINDGEN_VERSION: &str = "0.63.0";
-
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -156,28 +152,18 @@ fn clang(sources: &[PathBuf], flags: &[String], out: &Path) {
     run(&mut cmd);
 }
 
-/// The `wit-bindgen` binary: `$WIT_BINDGEN`, else the test bed's install (made on first
-/// use with `cargo install`, which takes a few minutes once).
+/// The `wit-bindgen` binary: `$WIT_BINDGEN`, else the one `cargo xtask testbed` installs.
 fn wit_bindgen() -> PathBuf {
     if let Some(p) = std::env::var_os("WIT_BINDGEN") {
         return p.into();
     }
-    let root =
-        testbed::paths::cache_root().join(format!("tools/wit-bindgen-{WIT_BINDGEN_VERSION}"));
-    let bin = root.join("bin/wit-bindgen");
-    if !bin.exists() {
-        eprintln!(
-            "installing wit-bindgen-cli {WIT_BINDGEN_VERSION} into {}",
-            root.display()
-        );
-        run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["install", "wit-bindgen-cli", "--locked", "--version"])
-                .arg(WIT_BINDGEN_VERSION)
-                .arg("--root")
-                .arg(&root),
-        );
-    }
+    let bin = testbed::paths::wit_bindgen();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask testbed` (it installs wit-bindgen-cli {})",
+        bin.display(),
+        testbed::versions::WIT_BINDGEN
+    );
     bin
 }
 
