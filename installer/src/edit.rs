@@ -53,6 +53,21 @@ pub(crate) struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// [`Entry::new`], refusing what that containerd cannot express.
+    pub fn checked(
+        rt: &'a RuntimeSpec,
+        systemd_cgroup: bool,
+        containerd: &ContainerdVersion,
+    ) -> Result<Self> {
+        let entry = Self::new(rt, systemd_cgroup, containerd);
+        if entry.form == EntryForm::ShimPathAsType && systemd_cgroup {
+            return Err(Error::SystemdCgroupUnsupported {
+                version: containerd.to_string(),
+            });
+        }
+        Ok(entry)
+    }
+
     /// The entry for `rt` on this containerd, with runc's cgroup driver already known.
     pub fn new(rt: &'a RuntimeSpec, systemd_cgroup: bool, containerd: &ContainerdVersion) -> Self {
         Self {
@@ -72,9 +87,11 @@ pub(crate) enum EntryForm {
     /// and `[options]` as plain keys (CRI passes the whole table to the shim as TOML).
     RuntimePath,
     /// 1.6: CRI ignores `runtime_path`, so `runtime_type` is the shim's absolute path
-    /// (1.6 runs an absolute runtime name as that binary). Its CRI hands a shim only
-    /// the `ConfigBody` key of `[options]`, so the shim's TOML goes there; a plain
-    /// `SystemdCgroup` key would reach the shim as empty options, which it rejects.
+    /// (1.6 runs an absolute runtime name as that binary), and no `[options]`: 1.6 sends
+    /// any options table to a non-runc shim as an empty `runtimeoptions.v1.Options`,
+    /// which the shim rejects, while without options it uses its defaults (cgroupfs).
+    /// So runc's `SystemdCgroup = true` cannot be matched on 1.6: [`Entry::checked`]
+    /// refuses that combination.
     ShimPathAsType,
 }
 
@@ -161,7 +178,7 @@ pub(crate) fn resolve_entry<'a>(
         SystemdCgroupMode::Disabled => false,
         SystemdCgroupMode::Auto => runc_systemd_cgroup(doc, schema)?,
     };
-    Ok(Entry::new(rt, systemd_cgroup, containerd))
+    Entry::checked(rt, systemd_cgroup, containerd)
 }
 
 /// Puts our table in place; `Ok(false)` when it was already exactly right.
@@ -294,24 +311,20 @@ pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
         h = indent.header,
         marker = marker_line(entry.handler)
     ));
-    let (runtime_type, options_key, options_value) = match entry.form {
-        EntryForm::RuntimePath => (RUNTIME_TYPE, "SystemdCgroup", value(entry.systemd_cgroup)),
-        EntryForm::ShimPathAsType => (
-            entry.shim_path,
-            "ConfigBody",
-            value(format!("SystemdCgroup = {}", entry.systemd_cgroup)),
-        ),
+    let runtime_type = match entry.form {
+        EntryForm::RuntimePath => RUNTIME_TYPE,
+        EntryForm::ShimPathAsType => entry.shim_path,
     };
     push_key(&mut table, "runtime_type", value(runtime_type), &indent.key);
-    if entry.form == EntryForm::RuntimePath {
-        push_key(
-            &mut table,
-            "runtime_path",
-            value(entry.shim_path),
-            &indent.key,
-        );
+    if entry.form == EntryForm::ShimPathAsType {
+        return table;
     }
-
+    push_key(
+        &mut table,
+        "runtime_path",
+        value(entry.shim_path),
+        &indent.key,
+    );
     let mut options = Table::new();
     let options_header = format!("{}  ", indent.header);
     options
@@ -319,8 +332,8 @@ pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
         .set_prefix(format!("\n{options_header}"));
     push_key(
         &mut options,
-        options_key,
-        options_value,
+        "SystemdCgroup",
+        value(entry.systemd_cgroup),
         &format!("{}  ", indent.key),
     );
     table.insert("options", Item::Table(options));

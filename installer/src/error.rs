@@ -88,6 +88,13 @@ pub enum Error {
     )]
     SystemdCgroupUnknown { reason: String },
 
+    #[error(
+        "containerd {version} cannot pass SystemdCgroup to the Wasm shim (its CRI plugin \
+         sends a non-runc runtime no usable options), and runc here uses the systemd cgroup \
+         driver; upgrade containerd to 1.7 or later, or run kubelet and runc with cgroupfs"
+    )]
+    SystemdCgroupUnsupported { version: String },
+
     #[error("more than one distribution detected ({found}); choose one explicitly")]
     AmbiguousDistro { found: String },
 
@@ -166,6 +173,7 @@ impl Error {
             Error::ForeignFile { .. } => "foreign_file",
             Error::TemplateConflict(_) => "template_conflict",
             Error::SystemdCgroupUnknown { .. } => "systemd_cgroup_unknown",
+            Error::SystemdCgroupUnsupported { .. } => "systemd_cgroup_unsupported",
             Error::AmbiguousDistro { .. } => "ambiguous_distro",
             Error::Io { .. } => "io",
             Error::ShimHashMismatch { .. } => "shim_hash_mismatch",

@@ -222,7 +222,7 @@ fn entry_from<'a>(
                 reason: format!("{} does not exist (yet)", what.display()),
             });
         }
-        (None, mode) => Entry::new(rt, mode == SystemdCgroupMode::Enabled, containerd),
+        (None, mode) => Entry::checked(rt, mode == SystemdCgroupMode::Enabled, containerd)?,
     };
     Ok((entry, parsed))
 }

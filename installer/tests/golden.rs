@@ -82,14 +82,6 @@ use SystemdCgroupMode::{Auto, Disabled, Enabled};
     None,
     Enabled
 )]
-#[case::systemd_runc(
-    "systemd-runc-1.6.toml",
-    Distro::Containerd,
-    "1.6.20",
-    Some("systemd-runc-1.6.toml"),
-    None,
-    Auto
-)]
 #[case::unversioned(
     "unversioned-1.6.toml",
     Distro::Containerd,
@@ -378,12 +370,13 @@ fn drifted_entry_is_repaired_in_place() {
 }
 
 /// containerd 1.6 -> 1.7 on the same node: the 1.6 form of our entry counts as drifted
-/// and becomes the 1.7 form in place; everything else stays.
+/// and becomes the 1.7 form in place (runc's SystemdCgroup copied again); everything
+/// else stays.
 #[test]
 fn containerd_upgrade_from_1_6_rewrites_the_entry() {
     let rt = spec("wasmtime", Auto);
     let on_1_6 =
-        std::fs::read_to_string(fixtures_dir().join("golden/systemd-runc-1.6.toml")).unwrap();
+        std::fs::read_to_string(fixtures_dir().join("golden/default-1.6.20.toml")).unwrap();
     let files = vec![(PathBuf::from(CONTAINERD_CONFIG), on_1_6.clone())];
     let plan = plan_install(&facts(&files), v("1.7.24"), Distro::Containerd, &rt).unwrap();
     let FileChange::Write(new) = &plan.change else {
@@ -396,14 +389,35 @@ fn containerd_upgrade_from_1_6_rewrites_the_entry() {
         "{new}"
     );
     assert!(new.contains(&format!("runtime_path = \"{shim}\"")), "{new}");
-    assert!(
-        new.contains("  SystemdCgroup = true\n") && !new.contains("ConfigBody"),
-        "{new}"
-    );
+    let ours = new.split("managed runtime handler").nth(1).unwrap();
+    assert!(ours.contains("SystemdCgroup = false"), "{new}");
     // the lines before our table are untouched
     let ours = "# wasm-installer: managed runtime handler";
     assert_eq!(
         new.split(ours).next().unwrap(),
         on_1_6.split(ours).next().unwrap()
     );
+}
+
+/// runc with the systemd cgroup driver on containerd 1.6: our entry cannot pass that on
+/// (see EntryForm), so the install is refused with what to do, and nothing is written.
+#[test]
+fn containerd_1_6_with_systemd_cgroups_is_refused() {
+    let rt = spec("wasmtime", Auto);
+    let files = vec![(
+        PathBuf::from(CONTAINERD_CONFIG),
+        fixture("systemd-runc-1.6.toml"),
+    )];
+    let err = plan_install(&facts(&files), v("1.6.20"), Distro::Containerd, &rt).unwrap_err();
+    assert!(
+        matches!(err, wasm_installer::Error::SystemdCgroupUnsupported { .. })
+            && err.to_string().contains("upgrade containerd to 1.7"),
+        "{err}"
+    );
+    // The same file on 1.7 installs with SystemdCgroup = true.
+    let plan = plan_install(&facts(&files), v("1.7.24"), Distro::Containerd, &rt).unwrap();
+    let FileChange::Write(new) = &plan.change else {
+        panic!("{:?}", plan.change)
+    };
+    assert!(new.contains("SystemdCgroup = true"), "{new}");
 }

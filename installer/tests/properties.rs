@@ -105,6 +105,15 @@ proptest! {
         let original = build(&fixture(file), version, &extras);
         let v = v(version);
         let rt = spec("wasmtime", mode);
+        // 1.6 cannot pass SystemdCgroup = true to the shim: refused, whatever the file.
+        if version.starts_with("1.6") && mode == SystemdCgroupMode::Enabled {
+            let refused = matches!(
+                add_runtime(&original, &rt, &v),
+                Err(wasm_installer::Error::SystemdCgroupUnsupported { .. })
+            );
+            prop_assert!(refused, "1.6 with SystemdCgroup = true must be refused");
+            return Ok(());
+        }
 
         let Edit::Changed(once) = add_runtime(&original, &rt, &v).unwrap() else {
             panic!("first install must change the file");

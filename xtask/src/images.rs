@@ -180,9 +180,12 @@ fn stripped(binary: &Path, out: &Path) -> Result<PathBuf> {
     Ok(copy)
 }
 
+/// Written images: (reference, tarball, manifest digest).
+pub type Written = Vec<(String, PathBuf, String)>;
+
 /// Build the binaries (release, or dev with `dev`) and write `<out>/<name>.tar` for each
-/// image; returns (reference, tarball, manifest digest).
-pub fn build(dev: bool, out: &Path) -> Result<Vec<(String, PathBuf, String)>> {
+/// image.
+pub fn build(dev: bool, out: &Path) -> Result<Written> {
     let target = build_binaries(dev)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();

@@ -53,7 +53,7 @@ impl Clock {
 pub struct Up {
     pub node: Node,
     /// (reference, tarball, digest) of the operator and installer images.
-    pub product: Vec<(String, PathBuf, String)>,
+    pub product: images::Written,
     /// Where the tarballs are; scratch space for more images.
     pub image_dir: PathBuf,
     /// The directory of the binaries the images carry, and whether they are dev builds.
@@ -267,7 +267,7 @@ pub fn wait_runtime_ready(node: &Node, name: &str, timeout: &str) -> Result<()> 
 /// memory limit allows it to copy, and minutes of hashing). Skipped when the tarballs of
 /// an earlier run are newer than the binaries (the images are reproducible: the same
 /// binaries give the same tarballs). Returns the binaries' directory too.
-fn product_images(release: bool, dir: &Path) -> Result<(PathBuf, Vec<(String, PathBuf, String)>)> {
+fn product_images(release: bool, dir: &Path) -> Result<(PathBuf, images::Written)> {
     let profile = if release { "release" } else { "debug" };
     let target = images::build_binaries(!release)?;
     let record = dir.join(format!("images-{profile}.json"));
@@ -282,7 +282,7 @@ fn product_images(release: bool, dir: &Path) -> Result<(PathBuf, Vec<(String, Pa
     .chain([std::env::current_exe().ok().and_then(|e| mtime(&e))])
     .collect::<Option<Vec<_>>>()
     .and_then(|v| v.into_iter().max());
-    let earlier: Option<Vec<(String, PathBuf, String)>> = std::fs::read(&record)
+    let earlier: Option<images::Written> = std::fs::read(&record)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     if let (Some(newest), Some(earlier)) = (newest_input, earlier)
