@@ -162,7 +162,9 @@ pub fn cluster(
                 );
             }
         }
-        let exe = std::env::current_exe().context("locating xtask")?;
+        // /proc/self/exe, not current_exe(): `cargo xtask test` rebuilds this very binary
+        // (nextest) before the e2e suite, which unlinks the path this process started from.
+        let exe = PathBuf::from("/proc/self/exe");
         let args = ["up".to_string(), "--supervise".to_string()];
         let info = node
             .start(
