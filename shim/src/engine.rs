@@ -239,18 +239,17 @@ impl WasmEngine {
         Self::with_config(Self::config())
     }
 
-    /// The same engine with the pooling instance allocator, for servers that instantiate
-    /// once per request (`wasi:http`): linear memories, tables and stacks are reused from
-    /// a pool reserved up front instead of being mmap'd and unmapped per request, which
-    /// is what `wasmtime serve` does too. The pool costs address space (terabytes,
-    /// reserved, not committed), so one-shot guests do not get it. The allocation strategy
-    /// does not change compiled code: artifacts move between the two engines (see
-    /// [`WasmEngine::adopt`]) and share cache entries.
-    pub fn pooling() -> Result<Self, Error> {
+    /// The same engine with the pooling instance allocator `pool`, for servers that
+    /// instantiate once per request (`wasi:http`, see [`crate::http::pool_config`]):
+    /// linear memories, tables and stacks are reused from a pool reserved up front instead
+    /// of being mmap'd and unmapped per request, which is what `wasmtime serve` does too.
+    /// The pool costs address space (terabytes, reserved, not committed), so one-shot
+    /// guests do not get it. The allocation strategy does not change compiled code:
+    /// artifacts move between the two engines (see [`WasmEngine::adopt`]) and share cache
+    /// entries.
+    pub fn pooling(pool: PoolingAllocationConfig) -> Result<Self, Error> {
         let mut config = Self::config();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
-            PoolingAllocationConfig::default(),
-        ));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         Self::with_config(config)
     }
 

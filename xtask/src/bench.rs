@@ -9,7 +9,8 @@
 //!   shim (what a pod does: containerd groups a pod's containers by their
 //!   `io.kubernetes.cri.sandbox-id` annotation);
 //! - wasi:http hello: `wrk` against our shim and against `wasmtime serve` (wasmtime-cli of
-//!   the same Wasmtime version), same component.
+//!   the same Wasmtime version), same component. `--only http` runs just this part and
+//!   replaces just its subsection.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,17 @@ const WRK_ARGS: [&str; 3] = ["-t2", "-c16", "-d4s"];
 /// Alternating `wrk` rounds per server.
 const HTTP_ROUNDS: usize = 5;
 
-pub fn shim() -> Result<()> {
+/// A part of the shim benchmark that can run on its own (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShimPart {
+    /// wasi:http hello against `wasmtime serve`
+    Http,
+}
+
+/// Heading of the HTTP subsection; `--only http` replaces the shim section from here on.
+const HTTP_HEADING: &str = "### wasi:http hello";
+
+pub fn shim(only: Option<ShimPart>) -> Result<()> {
     crate::testbed::install_all()?;
     let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?);
     // libseccomp is linked statically (.cargo/config.toml): the binary nodes get.
@@ -74,14 +85,24 @@ pub fn shim() -> Result<()> {
     )?;
     // "hello-miss": the same module under another name, so that cache misses can be told
     // apart in containerd's log
-    for (name, file) in [
-        ("hello", "hello.wasm"),
-        ("hello-miss", "hello.wasm"),
-        ("sleep", "sleep.wasm"),
-        ("http", "http.wasm"),
-    ] {
+    let images: &[(&str, &str)] = match only {
+        Some(ShimPart::Http) => &[("http", "http.wasm")],
+        None => &[
+            ("hello", "hello.wasm"),
+            ("hello-miss", "hello.wasm"),
+            ("sleep", "sleep.wasm"),
+            ("http", "http.wasm"),
+        ],
+    };
+    for (name, file) in images {
         let wasm = std::fs::read(fixtures.join(file))?;
         import(&ctrd, work.path(), &wasm_image(name, wasm))?;
+    }
+    if only == Some(ShimPart::Http) {
+        let http = http_figures(&ctrd, &wrk, &wasmtime, &fixtures.join("http.wasm"))?;
+        let text = http_report(&http);
+        println!("{text}");
+        return replace_http_subsection("docs/benchmarks.md", &text);
     }
     let native = RootfsImage::new(&image("busybox"))
         .file("/bin/busybox", std::fs::read(busybox)?, 0o755)
@@ -146,7 +167,7 @@ pub fn shim() -> Result<()> {
         runc: idle(RUNC, "busybox", &sleep_args)?,
     };
 
-    let (ours, theirs) = http_load(&ctrd, &wrk, &wasmtime, &fixtures.join("http.wasm"))?;
+    let http = http_figures(&ctrd, &wrk, &wasmtime, &fixtures.join("http.wasm"))?;
 
     let section = report(&Figures {
         containerd: ctrd.version(),
@@ -155,8 +176,7 @@ pub fn shim() -> Result<()> {
         phases,
         runc_windows,
         memory,
-        ours,
-        theirs,
+        http,
     });
     println!("{section}");
     cmd::update_doc_section("docs/benchmarks.md", "shim", &section)
@@ -655,8 +675,55 @@ struct Figures {
     phases: Vec<Phases>,
     runc_windows: Vec<f64>,
     memory: Memory,
+    http: HttpFigures,
+}
+
+/// The HTTP part, with its own run conditions (it can run alone, `--only http`).
+struct HttpFigures {
+    containerd: String,
+    load: (String, String),
     ours: Load,
     theirs: Load,
+}
+
+fn http_figures(
+    ctrd: &Containerd,
+    wrk: &Path,
+    wasmtime: &Path,
+    component: &Path,
+) -> Result<HttpFigures> {
+    let before = load_average();
+    let (ours, theirs) = http_load(ctrd, wrk, wasmtime, component)?;
+    Ok(HttpFigures {
+        containerd: ctrd.version(),
+        load: (before, load_average()),
+        ours,
+        theirs,
+    })
+}
+
+/// Replaces the HTTP subsection (from [`HTTP_HEADING`] to the end of the shim section)
+/// of `file` with `text`, leaving the rest of the shim section as it is.
+fn replace_http_subsection(file: &str, text: &str) -> Result<()> {
+    let path = cmd::workspace_root().join(file);
+    let old = std::fs::read_to_string(&path)?;
+    let new = splice_http_subsection(&old, text)
+        .with_context(|| format!("{file} has no {HTTP_HEADING:?} in its shim section"))?;
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: updated the wasi:http subsection of the shim section of {file}");
+    Ok(())
+}
+
+fn splice_http_subsection(old: &str, text: &str) -> Option<String> {
+    let start = old.find("<!-- shim:start -->")?;
+    let end = start + old[start..].find("<!-- shim:end -->")?;
+    let from = start + old[start..end].find(HTTP_HEADING)?;
+    Some(format!(
+        "{}{}\n\n{}",
+        &old[..from],
+        text.trim_end(),
+        &old[end..]
+    ))
 }
 
 fn rounds(l: &Load) -> String {
@@ -779,19 +846,32 @@ fn report(f: &Figures) -> String {
         }
         s.push('\n');
     }
-    let (o, t) = (&f.ours, &f.theirs);
+    s.push_str(&http_report(&f.http));
+    s
+}
+
+fn http_report(h: &HttpFigures) -> String {
+    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (o, t) = (&h.ours, &h.theirs);
+    let mut s = String::new();
     let _ = writeln!(
         s,
-        "### wasi:http hello\n\n\
+        "{HTTP_HEADING}\n\n\
          The C component of the tests (`http_hello.c`, one instance per request), \
          `wrk {} --latency`, {HTTP_ROUNDS} rounds against each server in turn after a \
          warm-up, medians; both servers on 127.0.0.1, `wrk` shares the CPUs with them. \
-         Goal: >= 1.0x requests/s.\n\n\
+         Goal: >= 1.0x requests/s. Measured {} with containerd {}, release shim, {cpus} \
+         CPUs, load average {} before and {} after.\n\n\
          | server | requests/s | p99 | errors | requests/s of each round |\n|---|---|---|---|---|\n\
          | our shim via containerd (`ctr run --net-host`) | {:.0} | {:.2} ms | {} | {} |\n\
          | `wasmtime serve` (wasmtime-cli {WASMTIME_CLI}) | {:.0} | {:.2} ms | {} | {} |\n\
          | ours / wasmtime serve | {:.2}x | {:.2}x | | |",
         WRK_ARGS.join(" "),
+        date.trim(),
+        h.containerd,
+        h.load.0,
+        h.load.1,
         o.rps,
         o.p99_ms,
         o.errors,
@@ -822,6 +902,19 @@ mod tests {
             "{out}  Socket errors: connect 0, read 3, write 0, timeout 2\n  Non-2xx or 3xx responses: 4\n"
         );
         assert_eq!(parse_wrk(&bad).unwrap().errors, 9);
+    }
+
+    #[test]
+    fn only_the_http_subsection_is_replaced() {
+        let doc = "# B\n<!-- shim:start -->\n## Shim\n\ncold\n\n### wasi:http hello\n\nold\n\n\
+                   <!-- shim:end -->\n<!-- installer:start -->\n### wasi:http hello\n<!-- installer:end -->\n";
+        let new = splice_http_subsection(doc, "### wasi:http hello\n\nnew\n").unwrap();
+        assert_eq!(
+            new,
+            "# B\n<!-- shim:start -->\n## Shim\n\ncold\n\n### wasi:http hello\n\nnew\n\n\
+             <!-- shim:end -->\n<!-- installer:start -->\n### wasi:http hello\n<!-- installer:end -->\n"
+        );
+        assert!(splice_http_subsection("<!-- shim:start -->\n<!-- shim:end -->", "x").is_none());
     }
 
     #[test]

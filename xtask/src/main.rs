@@ -103,7 +103,11 @@ enum Bench {
     },
     /// The Wasm shim on containerd 2.x: `ctr run` cold start vs runc (with/without the
     /// module cache), idle memory per container, wasi:http vs `wasmtime serve`.
-    Shim,
+    Shim {
+        /// Run only this part and replace only its subsection of the shim section.
+        #[arg(long, value_enum)]
+        only: Option<bench::ShimPart>,
+    },
     /// The installer on real containerd 1.6/1.7/2.x: start -> verified, the CRI gap during
     /// the restart, the no-op re-run and its restarts (medians of 5 runs).
     Installer,
@@ -155,7 +159,7 @@ fn main() -> Result<()> {
             println!("{section}");
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
-        Command::Bench(Bench::Shim) => bench::shim(),
+        Command::Bench(Bench::Shim { only }) => bench::shim(only),
         Command::Bench(Bench::Installer) => {
             testbed::install_all()?;
             let section = bench_installer::report(&bench_installer::run()?);
