@@ -47,7 +47,7 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
     crate::testbed::install_all()?;
     let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?);
     // libseccomp is linked statically (.cargo/config.toml): the binary nodes get.
-    cargo(&[
+    cmd::cargo(&[
         "build",
         "--release",
         "--locked",
@@ -57,17 +57,7 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
     let shim = target.join("release/containerd-shim-wasmtime-v1");
     let work = tempfile::tempdir()?;
     let fixtures = work.path().join("fixtures");
-    // The fixture writer in the debug profile: its dependencies are the tests' own build.
-    cargo(&[
-        "run",
-        "--locked",
-        "-p",
-        "containerd-shim-wasmtime",
-        "--example",
-        "fixtures",
-        "--",
-        fixtures.to_str().context("utf-8 path")?,
-    ])?;
+    cmd::wasm_fixtures(&fixtures)?;
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
         bail!("/bin/busybox missing: apt-get install busybox-static (the native baseline)");
@@ -180,31 +170,6 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
     });
     println!("{section}");
     cmd::update_doc_section("docs/benchmarks.md", "shim", &section)
-}
-
-/// `cargo <args>` without the `CARGO_PKG_*`/`CARGO_MANIFEST_*` variables `cargo run` gave
-/// xtask: build scripts that watch them (ring's does) would otherwise rerun, and
-/// everything above them rebuild, whenever a build alternates between xtask and a shell.
-fn cargo(args: &[&str]) -> Result<()> {
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(args).current_dir(cmd::workspace_root());
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p))
-        {
-            c.env_remove(&*k);
-        }
-    }
-    cmd::run(&mut c)
 }
 
 fn image(name: &str) -> String {

@@ -41,14 +41,30 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `cargo <args>` in the workspace root.
+/// `cargo <args>` in the workspace root, without the `CARGO_PKG_*`/`CARGO_MANIFEST_*`
+/// variables `cargo run` gave xtask: build scripts that watch them (ring's does) would
+/// otherwise rerun, and everything above them rebuild, whenever a build alternates between
+/// xtask and a shell.
 pub fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(args)
-            .current_dir(workspace_root()),
-    )
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args).current_dir(workspace_root());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+        {
+            c.env_remove(&*k);
+        }
+    }
+    run(&mut c)
 }
 
 /// The workspace root (xtask's parent directory).
@@ -75,4 +91,23 @@ pub fn update_doc_section(file: &str, name: &str, body: &str) -> Result<()> {
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: updated the {name} section of {file}");
     Ok(())
+}
+
+/// Writes the shim's Wasm test programs (`shim/examples/fixtures.rs`) into `dir`, built in
+/// the debug profile: its dependencies are the tests' own build.
+pub fn wasm_fixtures(dir: &std::path::Path) -> Result<()> {
+    let dir = dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", dir.display()))?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--locked",
+        "-p",
+        "containerd-shim-wasmtime",
+        "--example",
+        "fixtures",
+        "--",
+        dir,
+    ])
 }

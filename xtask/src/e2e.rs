@@ -740,17 +740,7 @@ fn shell_blocks(markdown: &str) -> Vec<String> {
 fn import_workloads(up: &Up) -> Result<()> {
     let dir = up.image_dir.join("e2e");
     let fixtures = dir.join("fixtures");
-    cmd::cargo(&[
-        "run",
-        "--quiet",
-        "--locked",
-        "-p",
-        "containerd-shim-wasmtime",
-        "--example",
-        "fixtures",
-        "--",
-        fixtures.to_str().context("utf-8 path")?,
-    ])?;
+    cmd::wasm_fixtures(&fixtures)?;
     let mut tars = Vec::new();
     for (reference, file) in WORKLOADS {
         let wasm = std::fs::read(fixtures.join(file))?;
