@@ -265,21 +265,30 @@ fn k0s_drop_in_waits_for_the_self_reload_without_restarting() {
     );
 }
 
+/// A node without systemd whose one containerd reads `CUSTOM_CONFIG` and whose parent
+/// process is named `parent`.
+const CUSTOM_CONFIG: &str = "/srv/node/containerd.toml";
+
+fn host_without_systemd(parent: &str) -> FakeHost {
+    let mut h = FakeHost::new("2.1.9", Path::new(CUSTOM_CONFIG));
+    h.systemd = false;
+    h.daemons = vec![crate::daemon::Daemon {
+        pid: 7,
+        config: CUSTOM_CONFIG.into(),
+        parent: Some(parent.into()),
+    }];
+    h.put(CUSTOM_CONFIG, "version = 3\n");
+    h.boot();
+    h
+}
+
 /// No systemd, no config given: the one running containerd reads a config elsewhere and
 /// a supervisor runs it (the test bed's node): auto edits that file and restarts by signal.
 #[test]
 fn auto_without_systemd_follows_the_running_supervised_containerd() {
     let dir = tempfile::tempdir().unwrap();
-    let custom = "/srv/node/containerd.toml";
-    let mut h = FakeHost::new("2.1.9", Path::new(custom));
-    h.systemd = false;
-    h.daemons = vec![crate::daemon::Daemon {
-        pid: 7,
-        config: custom.into(),
-        parent: Some("supervise".into()),
-    }];
-    h.put(custom, "version = 3\n");
-    h.boot();
+    let custom = CUSTOM_CONFIG;
+    let h = host_without_systemd("supervise");
     let s = setup(dir.path(), Strategy::Auto);
     let report = install(&h, &s).unwrap();
     assert_eq!(report.config, ConfigOutcome::Written);
@@ -298,16 +307,8 @@ fn auto_without_systemd_follows_the_running_supervised_containerd() {
 #[test]
 fn auto_without_systemd_refuses_an_unsupervised_containerd() {
     let dir = tempfile::tempdir().unwrap();
-    let custom = "/srv/node/containerd.toml";
-    let mut h = FakeHost::new("2.1.9", Path::new(custom));
-    h.systemd = false;
-    h.daemons = vec![crate::daemon::Daemon {
-        pid: 7,
-        config: custom.into(),
-        parent: Some("bash".into()),
-    }];
-    h.put(custom, "version = 3\n");
-    h.boot();
+    let custom = CUSTOM_CONFIG;
+    let h = host_without_systemd("bash");
     let err = install(&h, &setup(dir.path(), Strategy::Auto)).unwrap_err();
     let msg = err.to_string();
     assert!(
