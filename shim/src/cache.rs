@@ -1,12 +1,9 @@
 //! Precompiled-module cache: the second start of a module does not compile it.
 //!
-//! Two paths, because containerd-shim-wasm offers a hook for only one of them:
-//! - OCI Wasm artifacts: [`OciCompiler`] implements the library's `Compiler`; the library
-//!   calls it in the shim process and keeps the artifact in containerd's content store,
-//!   labelled with our `cache_key` (Wasmtime version + engine settings).
-//! - Plain images with a `.wasm` entrypoint in the rootfs (runwasi caches nothing for
-//!   these): a file cache, `<sha256 of module>-<compatibility key>.cwasm`, in
-//!   [`DEFAULT_CACHE_DIR`] or `$WASMRUNTIME_CACHE_DIR` (`off` disables it).
+//! One file cache for every image kind (runwasi caches only OCI artifacts, in containerd's
+//! content store): `<sha256 of module>-<compatibility key>.cwasm` in [`DEFAULT_CACHE_DIR`]
+//! or `$WASMRUNTIME_CACHE_DIR` (`off` disables it). Modules from a rootfs and the Wasm
+//! layer of an OCI artifact go through the same [`load_or_compile`].
 //!
 //! The file cache has a catch: `run_wasi` runs inside the container, after `pivot_root`,
 //! where the host's cache directory does not exist. So `main` opens the directory on the
@@ -22,7 +19,6 @@
 //! artifact. The directory is created 0700: whoever can write it can make the shim load
 //! native code. Eviction is not implemented (see README).
 
-use std::hash::Hash;
 use std::io::{Read as _, Write as _};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -30,12 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use containerd_shim_wasm::sandbox::context::WasmLayer;
-use containerd_shim_wasm::shim::Compiler;
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{WasmEngine, WasmKind};
+use crate::engine::WasmEngine;
 use crate::error::Error;
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmruntime/cache";
@@ -157,7 +151,7 @@ pub fn configured_dir() -> Option<PathBuf> {
 }
 
 /// Opens the cache directory on the host so container inits inherit it (module docs).
-/// Must run before `containerd_shim_wasm::shim::Cli::run`, which forks the zygote.
+/// Must run before the zygote is forked (top of the shim daemon's `main`).
 /// Failure (not root, read-only /var) only disables the file cache.
 pub fn open_for_containers() {
     let Some(dir) = configured_dir() else {
@@ -206,46 +200,6 @@ pub fn load_or_compile(
         Err(e) => tracing::warn!(key, error = %e, "could not store precompiled module"),
     }
     Ok(guest)
-}
-
-/// Precompiles OCI Wasm layers for containerd-shim-wasm, which stores the result in
-/// containerd's content store under a label derived from [`Compiler::cache_key`].
-pub struct OciCompiler {
-    engine: WasmEngine,
-}
-
-impl OciCompiler {
-    pub fn new(engine: WasmEngine) -> Self {
-        Self { engine }
-    }
-}
-
-impl Compiler for OciCompiler {
-    fn cache_key(&self) -> impl Hash {
-        self.engine.compatibility_key()
-    }
-
-    async fn compile(&self, layers: &[WasmLayer]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
-        let engine = self.engine.clone();
-        let layers = layers.to_vec();
-        // Cranelift on a 20-70 MB module takes seconds: keep it off the async workers.
-        let compiled = tokio::task::spawn_blocking(move || {
-            layers
-                .iter()
-                .map(|l| {
-                    // Non-Wasm layers (runtime config) and already-precompiled ones: None,
-                    // as the trait asks.
-                    if l.precompiled || WasmKind::detect(&l.layer).is_none() {
-                        return Ok(None);
-                    }
-                    let origin = format!("OCI layer {}", l.config.digest());
-                    engine.precompile(&origin, &l.layer).map(Some)
-                })
-                .collect::<Result<Vec<_>, Error>>()
-        })
-        .await??;
-        Ok(compiled)
-    }
 }
 
 #[cfg(test)]

@@ -339,11 +339,9 @@ impl WasmEngine {
         })
     }
 
-    /// Loads a precompiled artifact. Only ever fed bytes this shim produced: the root-only
-    /// cache directory or containerd's content store (written by our [`Compiler`]).
-    /// Wasmtime itself rejects artifacts from another version or engine configuration.
-    ///
-    /// [`Compiler`]: containerd_shim_wasm::shim::Compiler
+    /// Loads a precompiled artifact. Only ever fed bytes this shim produced (the root-only
+    /// cache directory). Wasmtime itself rejects artifacts from another version or engine
+    /// configuration.
     pub fn deserialize(&self, origin: &str, bytes: &[u8]) -> Result<Guest, Error> {
         let err = |source: BoxError| Error::Deserialize {
             origin: origin.to_string(),

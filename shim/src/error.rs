@@ -96,6 +96,9 @@ pub enum Error {
 
     #[error("guest stopped on request (SIGTERM)")]
     Stopped,
+
+    #[error("reading the Wasm layers of container {id}'s image from containerd: {reason}")]
+    Artifact { id: String, reason: String },
 }
 
 /// An error with all its sources, `: `-separated (for logs and the container's stderr).

@@ -1,8 +1,14 @@
-//! `containerd-shim-wasmtime-v1`: runs WebAssembly containers with Wasmtime on top of
-//! runwasi's `containerd-shim-wasm` library.
+//! `containerd-shim-wasmtime-v1`: runs WebAssembly containers with Wasmtime.
 //!
-//! The library does the container work (youki: namespaces, cgroups, rootfs, mounts,
-//! seccomp); this crate is only the engine that runs inside the container's init process:
+//! The process model is ours, on containerd-shim (ttrpc task service, reaper, events),
+//! youki's libcontainer (namespaces, cgroups, rootfs, mounts, seccomp) and runwasi's
+//! zygote; containerd-shim-wasm supplies the runtime-context types the engine reads:
+//!
+//! - [`daemon`]: containerd's entry points (`start`, `delete`, the daemon).
+//! - [`task`]: the task service (create, start, kill, wait, pids, …, OOM events).
+//! - [`container`]: youki containers in the zygote; the executor that runs Wasm.
+//! - [`artifact`]: Wasm layers of OCI artifacts, read from containerd's content store.
+//! - [`events`]: task events to containerd, retried across a containerd restart.
 //!
 //! - [`engine`]: compile and run one guest (core module or component) with WASI, memory
 //!   limits and epoch-based stopping. Everything `run_wasi` does goes through it, so its
@@ -13,22 +19,24 @@
 //! - [`logging`]: our `tracing` events into the shim log, without a record per WASI call.
 //! - [`options`]: the node's guest defaults (`options.json` beside the shim, written by
 //!   the installer from the WasmRuntime).
-//! - [`cache`]: precompiled-module cache (file cache for rootfs modules, [`Compiler`] for OCI
-//!   Wasm artifacts).
-//! - [`shim`]: the `Shim`/`Sandbox` glue to containerd-shim-wasm.
-//!
-//! [`Compiler`]: containerd_shim_wasm::shim::Compiler
+//! - [`cache`]: precompiled-module cache, one file cache for every image kind.
+//! - [`shim`]: what the container's init runs: entrypoint, guest configuration, exit.
 
+pub mod artifact;
 pub mod cache;
+pub mod container;
+pub mod daemon;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod mounts;
 pub mod options;
 pub mod shim;
+pub mod task;
 
 mod error;
 
 pub use error::Error;
-pub use shim::WasmtimeShim;
+pub use shim::WasmtimeSandbox;

@@ -1,7 +1,8 @@
 //! `tracing` events into the shim log, and nothing else.
 //!
-//! The shim log is the `log` logger containerd-shimkit installs (it writes to containerd's
-//! log). With no `tracing` subscriber, tracing's `log` feature forwards every event *and a
+//! The shim log is the `log` fifo containerd opens in the bundle and copies into its own
+//! log; [`to_containerd`] installs a `log` logger writing logrus-style lines to it. With no
+//! `tracing` subscriber, tracing's `log` feature forwards every event *and a
 //! log record per span* to it, and wasmtime-wasi instruments each WASI host call with an
 //! info-level span: every guest `fd_write`, every host call of every HTTP request became a
 //! line formatted, written to containerd and parsed there (measured: a wasi:http server at
@@ -19,6 +20,63 @@ use tracing::{Event, Level, Metadata, Subscriber, field, span};
 
 /// See the module docs.
 pub struct LogForwarder;
+
+/// The shim daemon's `log` logger: one logrus-style line per record into the bundle's
+/// `log` fifo, which containerd reads. Installed before the zygote forks, so container
+/// inits log there too.
+struct FifoLogger(std::sync::Mutex<std::fs::File>);
+
+impl log::Log for FifoLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = logrus_line(
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            record.level(),
+            &record.args().to_string(),
+        );
+        use std::io::Write as _;
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// `time="…" level=info msg="…" runtime=…`, quoted as logrus quotes (containerd parses
+/// nothing, but people grep).
+fn logrus_line(time: &str, level: log::Level, msg: &str) -> String {
+    format!(
+        "time=\"{time}\" level={} msg={msg:?} runtime=io.containerd.wasmtime.v1\n",
+        level.as_str().to_lowercase()
+    )
+}
+
+/// Sends `log` records (and through [`LogForwarder`], our `tracing` events) to the `log`
+/// fifo in the current directory (the bundle). `-debug` from containerd lowers the level.
+pub fn to_containerd(debug: bool) {
+    let level = if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    match std::fs::OpenOptions::new().write(true).open("log") {
+        Ok(f) => {
+            if log::set_boxed_logger(Box::new(FifoLogger(std::sync::Mutex::new(f)))).is_ok() {
+                log::set_max_level(level);
+            }
+        }
+        Err(e) => eprintln!("containerd-shim-wasmtime-v1: no shim log: {e}"),
+    }
+}
 
 /// Installs [`LogForwarder`] as the process-wide subscriber. `main` calls it before the
 /// zygote forks, so the container inits have it too.
@@ -145,6 +203,14 @@ mod tests {
     }
 
     static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    #[test]
+    fn logrus_lines_quote_the_message() {
+        assert_eq!(
+            logrus_line("2026-12-02T16:00:00Z", log::Level::Warn, "say \"hi\"\nbye"),
+            "time=\"2026-12-02T16:00:00Z\" level=warn msg=\"say \\\"hi\\\"\\nbye\" runtime=io.containerd.wasmtime.v1\n"
+        );
+    }
 
     /// Events at or above the logger's level arrive with their fields; spans (what
     /// `#[instrument]` makes of every WASI host call) and quieter events do not.

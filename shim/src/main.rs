@@ -1,12 +1,11 @@
 //! `containerd-shim-wasmtime-v1`. containerd starts it with Go-style flags
-//! (`-namespace n -address a -id i start`, `-v`, `delete`); those go untouched to
-//! containerd-shim-wasm. clap only answers a human: no arguments, `--help`, `--version`.
+//! (`-namespace n -address a -id i start`, `-v`, `-info`, `delete`); those go untouched
+//! to [`daemon::main`]. clap only answers a human: no arguments, `--help`, `--version`.
 
 use std::ffi::OsString;
 
 use clap::Parser;
-use containerd_shim_wasm::shim::Cli as _;
-use containerd_shim_wasmtime::{WasmtimeShim, cache, limits, logging, options};
+use containerd_shim_wasmtime::daemon;
 
 const LONG_ABOUT: &str = "\
 containerd shim v2 that runs WebAssembly containers with Wasmtime.
@@ -40,7 +39,7 @@ as containerd passes them.";
     name = "containerd-shim-wasmtime-v1",
     version = concat!(
         env!("CARGO_PKG_VERSION"),
-        " (wasmtime 48.0.8, containerd-shim-wasm 1.0.1)"
+        " (wasmtime 48.0.8, containerd-shim 0.8, containerd-shim-wasm 1.0.1)"
     ),
     about = "containerd shim that runs WebAssembly containers with Wasmtime",
     long_about = LONG_ABOUT,
@@ -63,11 +62,5 @@ fn main() {
         HumanCli::parse();
         return;
     }
-    // Before `run`, which forks the zygote: container inits inherit all of this.
-    logging::install();
-    if options::load_beside_binary().precompile {
-        cache::open_for_containers();
-    }
-    limits::open_host_cgroups();
-    WasmtimeShim::run(None);
+    daemon::main(&args);
 }

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source, WasmLayer};
-use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cache::{self, OciCompiler};
+use crate::cache;
 use crate::engine::{
     Guest, NetworkPolicy, Outcome, RunConfig, Stdio, StopHandle, WasmEngine, WasmKind, check_wasm,
 };
@@ -35,48 +34,19 @@ pub const SUPPORTED_LAYER_TYPES: &[&str] = &[
 /// stuck in a host call after [`crate::engine::STOP_GRACE`]; this catches anything else.
 const HARD_STOP: Duration = Duration::from_millis(900);
 
-pub struct WasmtimeShim;
-
-impl Shim for WasmtimeShim {
-    fn name() -> &'static str {
-        "wasmtime"
-    }
-
-    fn version() -> Version {
-        version!()
-    }
-
-    type Sandbox = WasmtimeSandbox;
-
-    async fn compiler() -> Option<impl Compiler> {
-        if !options::loaded().options.precompile {
-            return None;
-        }
-        match WasmEngine::new() {
-            Ok(engine) => Some(OciCompiler::new(engine)),
-            Err(e) => {
-                tracing::error!(error = %e, "precompilation of OCI layers disabled");
-                None
-            }
-        }
-    }
-
-    fn supported_layers_types() -> &'static [&'static str] {
-        SUPPORTED_LAYER_TYPES
-    }
-}
-
 #[derive(Default)]
 pub struct WasmtimeSandbox;
 
-impl Sandbox for WasmtimeSandbox {
-    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+impl WasmtimeSandbox {
+    /// Runs the container's guest: its exit code, and whether it ended by outgrowing its
+    /// memory limit (the caller reports that as an OOM kill).
+    pub async fn run(ctx: &impl RuntimeContext) -> (i32, bool) {
         match run_container(ctx).await {
             Ok(outcome) => {
                 report(&outcome);
-                Ok(outcome.exit_code())
+                let oom = matches!(outcome, Outcome::MemoryLimitExceeded { .. });
+                (outcome.exit_code(), oom)
             }
-            // The executor turns an `Err` into exit 137, which would read as an OOM kill.
             // A container that cannot start gets what a shell gives a command it cannot
             // run: 127 not found, 126 not runnable; the reason goes to the container log.
             Err(e) => {
@@ -86,9 +56,17 @@ impl Sandbox for WasmtimeSandbox {
                 };
                 eprintln!("containerd-shim-wasmtime: {}", chain(&e));
                 tracing::error!(error = %chain(&e), code, "container cannot run");
-                Ok(code)
+                (code, false)
             }
         }
+    }
+}
+
+/// containerd-shim-wasm's engine interface, kept for its test helpers and for embedding
+/// the engine elsewhere; the shim itself calls [`WasmtimeSandbox::run`].
+impl Sandbox for WasmtimeSandbox {
+    async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
+        Ok(Self::run(ctx).await.0)
     }
 
     /// Runs at container start; replaces the library's check (which also accepts `.wat`)
@@ -134,8 +112,8 @@ async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
             cache::load_or_compile(&engine, cache.as_ref(), &origin, &wasm)?
         }
         Source::Oci(layers) => {
-            drop(cache::take_inherited());
-            load_oci(&engine, layers)?
+            let cache = cache::take_inherited();
+            load_oci(&engine, cache.as_ref(), layers)?
         }
     };
 
@@ -173,19 +151,20 @@ async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
     outcome
 }
 
-fn load_oci(engine: &WasmEngine, layers: &[WasmLayer]) -> Result<Guest, Error> {
+/// The one Wasm layer of an OCI artifact, through the same file cache as rootfs modules.
+fn load_oci(
+    engine: &WasmEngine,
+    cache: Option<&cache::ModuleCache>,
+    layers: &[WasmLayer],
+) -> Result<Guest, Error> {
     let wasm: Vec<&WasmLayer> = layers
         .iter()
-        .filter(|l| l.precompiled || WasmKind::detect(&l.layer).is_some())
+        .filter(|l| WasmKind::detect(&l.layer).is_some())
         .collect();
     match wasm.as_slice() {
         [layer] => {
             let origin = format!("OCI layer {}", layer.config.digest());
-            if layer.precompiled {
-                engine.deserialize(&origin, &layer.layer)
-            } else {
-                engine.compile(&origin, &layer.layer)
-            }
+            cache::load_or_compile(engine, cache, &origin, &layer.layer)
         }
         // Layers of a Wasm media type that hold something else: say what they hold.
         [] if !layers.is_empty() => {

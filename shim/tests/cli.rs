@@ -35,13 +35,27 @@ fn double_dash_version_is_clap() {
     assert!(text.contains("wasmtime 48.0.8"), "{text}");
 }
 
-/// containerd's `-v` goes to containerd-shim-wasm, which prints the runtime name.
+/// containerd's `-v` goes to the shim's own entry point, which prints the runtime name as
+/// containerd's shims do.
 #[test]
 fn go_style_v_is_delegated() {
     let out = shim(&["-v"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Runtime: wasmtime"), "{text}");
+    assert!(text.contains("Runtime: io.containerd.wasmtime.v1"), "{text}");
+}
+
+/// containerd 2.x asks `-info` for the runtime's introspection record (protobuf
+/// `RuntimeInfo`): field 1 the runtime name.
+#[test]
+fn go_style_info_is_a_runtime_info_record() {
+    let out = shim(&["-info"]);
+    assert!(out.status.success(), "{out:?}");
+    let name = b"io.containerd.wasmtime.v1";
+    // tag 1, length-delimited, then the name
+    assert_eq!(out.stdout.first(), Some(&0x0a), "{:?}", out.stdout);
+    assert_eq!(out.stdout.get(1), Some(&(name.len() as u8)));
+    assert_eq!(out.stdout.get(2..2 + name.len()), Some(&name[..]));
 }
 
 /// The binary under test: `$SHIM_BINARY` (e.g. the release build), else this build's.

@@ -38,6 +38,8 @@ pub struct ContainerdOptions {
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Component,
+    /// `env(1)` arguments that start the daemon (for [`Containerd::restart`])
+    args: Vec<String>,
     package: DebPackage,
     socket: PathBuf,
     namespace: String,
@@ -115,6 +117,7 @@ impl Containerd {
         let mut me = Self {
             dir,
             daemon,
+            args,
             package,
             socket,
             namespace,
@@ -145,6 +148,20 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash, an OOM kill, a node agent's hard restart)
+    /// and starts it again on the same config and state. Shims are not its children's
+    /// children: they keep running and the new daemon reloads them.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.daemon.stop();
+        self.daemon = Component::spawn(
+            "containerd",
+            Path::new("/usr/bin/env"),
+            &self.args,
+            self.dir.path(),
+        )?;
+        self.wait_ready(Duration::from_secs(30))
     }
 
     /// `ctr --address <socket> --namespace <ns>`, ready for a subcommand.

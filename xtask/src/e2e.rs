@@ -5,8 +5,9 @@
 //!
 //! Steps: 1 install (helm, WasmRuntime Ready, node provisioned, RuntimeClass), 2 Jobs
 //! (classic compat-smart image, p2 component, exit code 3), 3 wasi:http behind a Service
-//! (Service IP, port-forward) beside a runc pod, 4 volumes, memory limit, graceful delete,
-//! 5 day-2 re-roll under HTTP load, 6 a broken install rolled back, 7 deletion while in use
+//! (Service IP, port-forward) beside a runc pod, 4 volumes, memory limit (137, `OOMKilled`),
+//! graceful delete, 5 day-2 re-roll under HTTP load, 6 a broken install rolled back (two
+//! containerd restarts under HTTP load, the Wasm pod untouched), 7 deletion while in use
 //! and `helm uninstall`, 8 docs/getting-started.md run verbatim.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -115,12 +116,15 @@ fn run_version(containerd: &str) -> Result<Run> {
     step4_limits(node)?;
     done(
         &mut run,
-        "4 ConfigMap ro, memory limit 137, graceful delete 143",
+        "4 ConfigMap ro, memory limit 137 OOMKilled, graceful delete 143",
     );
     run.load.push(step5_day2(node, service)?);
     done(&mut run, "5 day-2 re-roll under HTTP load");
-    step6_broken(node)?;
-    done(&mut run, "6 broken install rolled back, node excluded");
+    run.load.push(step6_broken(node, service)?);
+    done(
+        &mut run,
+        "6 broken install rolled back, node excluded, HTTP pod kept",
+    );
     step7_delete(node, &before)?;
     done(&mut run, "7 delete while in use, uninstall, helm uninstall");
     step8_getting_started(&up)?;
@@ -309,8 +313,8 @@ fn step4_limits(node: &Node) -> Result<()> {
     grow["containers"][0]["resources"] = json!({"limits": {"memory": "32Mi"}});
     let (code, reason, _) = failed_job(node, "e2e-oom", job("e2e-oom", grow))?;
     ensure!(
-        code == 137,
-        "growing past the limit: exit {code} ({reason})"
+        code == 137 && reason == "OOMKilled",
+        "growing past the limit: exit {code} ({reason}); want 137 (OOMKilled)"
     );
     eprintln!("e2e: memory limit: exit 137, reason {reason:?}");
 
@@ -404,23 +408,16 @@ fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
     Ok(("day-2 re-roll (step 5)".into(), requests, failed))
 }
 
-/// Runs with no Wasm pod on the node: containerd-shim-wasm 1.0.1 (our shim's base) does
-/// not answer the task API's `Pids`, so a restarted containerd drops the running Wasm
-/// containers of that shim as "leaked" (its containerd#6860 clean-up) while their guests
-/// keep running, and kubelet starts a second copy (seen here: "Address already in use").
-/// Until the shim answers `Pids`, this step does not pretend otherwise: the HTTP
-/// Deployment goes before containerd is restarted.
-fn step6_broken(node: &Node) -> Result<()> {
-    kubectl(
+/// The broken install restarts containerd twice (install, rollback) while the wasi:http
+/// Deployment serves under load: the running Wasm pod must come through both restarts
+/// untouched (same pod, no container restart, no failed request).
+fn step6_broken(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
+    let http_pod = get(
         node,
-        &[
-            "delete",
-            "deployment,service",
-            "e2e-http",
-            "--cascade=foreground",
-            "--wait=true",
-        ],
+        &["pods", "-l", "app=e2e-http"],
+        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
     )?;
+    let load = Load::start(service);
     let mut broken: serde_yaml::Value = serde_yaml::from_str(&up::adapted_sample(node)?)?;
     broken["metadata"]["name"] = "broken".into();
     broken["spec"]["handler"] = "broken".into();
@@ -492,6 +489,31 @@ fn step6_broken(node: &Node) -> Result<()> {
         )? == "Unschedulable")
     })?;
     kubectl(node, &["delete", "pod", "e2e-broken", "--wait=true"])?;
+    let (requests, failed) = load.stop();
+    let after = get(
+        node,
+        &["pods", "-l", "app=e2e-http"],
+        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
+    )?;
+    eprintln!("e2e: HTTP through two containerd restarts: {requests} requests, {failed} failed");
+    ensure!(
+        after == http_pod,
+        "the HTTP pod was replaced or restarted by the containerd restarts: {http_pod} -> {after}"
+    );
+    ensure!(
+        failed == 0,
+        "{failed} of {requests} requests failed across the containerd restarts"
+    );
+    kubectl(
+        node,
+        &[
+            "delete",
+            "deployment,service",
+            "e2e-http",
+            "--cascade=foreground",
+            "--wait=true",
+        ],
+    )?;
     kubectl(
         node,
         &[
@@ -512,7 +534,11 @@ fn step6_broken(node: &Node) -> Result<()> {
             "--timeout=300s",
         ],
     )?;
-    Ok(())
+    Ok((
+        "broken install: two containerd restarts (step 6)".into(),
+        requests,
+        failed,
+    ))
 }
 
 fn step7_delete(node: &Node, before: &[u8]) -> Result<()> {
@@ -1039,7 +1065,7 @@ fn report(runs: &[Run]) -> String {
         row.push_str(&format!(" {:.1} s |", total.as_secs_f64()));
     }
     out.push_str(&row);
-    out.push_str("\n\nHTTP requests to the Wasm Deployment through its Service (one every 50 ms) during the day-2 re-roll (the option change re-rolls the installer; it does not restart containerd):\n\n| while | containerd | requests | failed |\n|---|---|---|---|\n");
+    out.push_str("\n\nHTTP requests to the Wasm Deployment through its Service (one every 50 ms) while the node changes under it (the day-2 option change re-rolls the installer without restarting containerd; the broken install restarts containerd twice, install and rollback):\n\n| while | containerd | requests | failed |\n|---|---|---|---|\n");
     for r in runs {
         for (what, requests, failed) in &r.load {
             out.push_str(&format!(

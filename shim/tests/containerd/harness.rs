@@ -127,6 +127,23 @@ impl Bed {
         cmd
     }
 
+    /// `ctr events` running in the background, into a file.
+    pub fn watch_events(&self) -> EventLog {
+        let path = self.work.path().join(format!("{}.events", unique("ev")));
+        let file = std::fs::File::create(&path).expect("events file");
+        let child = self
+            .ctrd
+            .ctr()
+            .arg("events")
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        // `ctr events` subscribes asynchronously; give it a moment before anything happens
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        EventLog { child, path }
+    }
+
     /// Task status from `ctr tasks ls` ("RUNNING", "STOPPED"), if the task exists.
     pub fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctrd.ctr().args(["tasks", "ls"]).output().ok()?;
@@ -137,8 +154,44 @@ impl Bed {
     }
 }
 
+/// Lines of `ctr events`: `<time> <namespace> <topic> <event as JSON>`.
+pub struct EventLog {
+    child: std::process::Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    /// Waits until a line has `topic` and mentions `id`; the line.
+    pub fn wait_for(&self, topic: &str, id: &str, limit: std::time::Duration) -> Option<String> {
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().any(|w| w == topic) && l.contains(id));
+            if let Some(line) = line {
+                return Some(line.to_string());
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Run {
-    #[allow(dead_code)]
     pub id: String,
     pub out: Output,
 }

@@ -87,6 +87,7 @@ fn memory_limit_exceeded_exits_137(v: DebPackage) {
     let bed = Bed::start(v);
     bed.import(&wasm_image("grow", &fixtures::wat("grow")));
     // grow.wasm grows to 64 MiB; the limit is 32 MiB.
+    let events = bed.watch_events();
     let run = bed.run_wasm(&["--memory-limit", "33554432"], &image_name("grow"), &[]);
     assert_eq!(run.code(), 137, "{}", run.describe());
     assert!(
@@ -94,9 +95,35 @@ fn memory_limit_exceeded_exits_137(v: DebPackage) {
         "the shim's limiter, not the kernel, must stop it: {}",
         run.describe()
     );
-    // without a limit it completes
+    // what makes kubelet say OOMKilled: containerd's CRI sets the reason on /tasks/oom
+    let limit = Duration::from_secs(10);
+    let oom = events.wait_for("/tasks/oom", &run.id, limit);
+    let exit = events.wait_for("/tasks/exit", &run.id, limit);
+    assert!(
+        oom.is_some() && exit.is_some(),
+        "events:\n{}",
+        events.text()
+    );
+    let text = events.text();
+    assert!(
+        text.find("/tasks/oom") < text.find("/tasks/exit"),
+        "OOM must come before the exit:\n{text}"
+    );
+    // without a limit it completes, and no OOM is reported
     let run = bed.run_wasm(&[], &image_name("grow"), &[]);
     assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        events.wait_for("/tasks/exit", &run.id, limit).is_some(),
+        "{}",
+        events.text()
+    );
+    assert!(
+        events
+            .wait_for("/tasks/oom", &run.id, Duration::ZERO)
+            .is_none(),
+        "{}",
+        events.text()
+    );
 }
 
 /// A guest spinning without host calls (only epoch interruption can stop it) and one

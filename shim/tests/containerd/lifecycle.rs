@@ -95,9 +95,8 @@ fn options_json_turns_the_cache_off_and_caps_unlimited_containers(v: DebPackage)
     assert_eq!(own_limit.code(), 0, "{}", own_limit.describe());
 }
 
-/// OCI artifacts go through containerd-shim-wasm's precompile hook: containerd's content
-/// store then holds the precompiled layer under the image's `runwasi.io/precompiled/...`
-/// label, and the second start loads it instead of compiling.
+/// OCI artifacts use the same file cache as rootfs modules (runwasi keeps them in
+/// containerd's content store instead): the first run stores one entry, the second loads it.
 fn oci_artifact_is_precompiled_once(v: DebPackage) {
     let bed = Bed::start(v);
     let name = image_name("art-cached");
@@ -113,17 +112,9 @@ fn oci_artifact_is_precompiled_once(v: DebPackage) {
         assert_eq!(run.code(), 0, "{}", run.describe());
     }
     let log = bed.ctrd.log();
-    assert_eq!(
-        log.matches("precompiling layers for image").count(),
-        1,
-        "{log}"
-    );
-    let content = bed.ctrd.ctr().args(["content", "ls"]).output().unwrap();
-    let content = String::from_utf8_lossy(&content.stdout);
-    assert!(
-        content.contains("runwasi.io/precompiled/wasmtime"),
-        "no precompiled layer in the content store:\n{content}"
-    );
+    assert_eq!(log.matches("stored precompiled module").count(), 1, "{log}");
+    assert_eq!(log.matches("precompiled module cache hit").count(), 1, "{log}");
+    assert_eq!(bed.cache_entries().len(), 1, "{:?}", bed.cache_entries());
 }
 
 fn fifty_containers_leave_nothing_behind(v: DebPackage) {

@@ -8,6 +8,7 @@ mod http;
 mod isolation;
 mod lifecycle;
 mod network;
+mod restart;
 mod run;
 
 /// Generates one `#[test]` per containerd version for each listed `fn(DebPackage)`.

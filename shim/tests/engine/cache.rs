@@ -1,12 +1,9 @@
-//! Precompiled-module cache: file cache for rootfs modules, `Compiler` for OCI layers.
+//! Precompiled-module cache: one file cache for rootfs modules and OCI layers.
 
-use containerd_shim_wasm::sandbox::context::WasmLayer;
-use containerd_shim_wasm::shim::Compiler as _;
-use containerd_shim_wasmtime::cache::{ModuleCache, OciCompiler, load_or_compile};
+use containerd_shim_wasmtime::cache::{ModuleCache, load_or_compile};
 use containerd_shim_wasmtime::engine::{Outcome, WasmEngine};
-use oci_spec::image::{Descriptor, Digest, MediaType};
 
-use crate::fixtures::{component, config, run, wasm};
+use crate::fixtures::{config, run, wasm};
 
 #[tokio::test]
 async fn second_load_uses_the_cached_artifact() {
@@ -58,49 +55,6 @@ fn non_wasm_is_rejected_before_the_cache() {
         .unwrap();
     assert!(err.to_string().contains("/bin/app.wasm"), "{err}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
-}
-
-fn layer(bytes: Vec<u8>, media: &str) -> WasmLayer {
-    WasmLayer {
-        config: Descriptor::new(
-            MediaType::Other(media.to_string()),
-            bytes.len() as u64,
-            Digest::try_from(format!("sha256:{:064x}", 1)).unwrap(),
-        ),
-        precompiled: false,
-        layer: bytes,
-    }
-}
-
-#[tokio::test]
-async fn oci_compiler_precompiles_wasm_layers_only() {
-    let engine = WasmEngine::new().unwrap();
-    let compiler = OciCompiler::new(engine.clone());
-    let layers = [
-        layer(wasm("exit3"), "application/vnd.wasm.content.layer.v1+wasm"),
-        layer(b"[runtime]\n".to_vec(), "application/toml"),
-        layer(
-            component(&wasm("hello")),
-            "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-        ),
-    ];
-    let out = compiler.compile(&layers).await.unwrap();
-    assert_eq!(out.len(), 3);
-    assert!(out[1].is_none());
-
-    let module = engine
-        .deserialize("layer 0", out[0].as_ref().unwrap())
-        .unwrap();
-    assert_eq!(
-        run(&engine, &module, config(&["x"]).0).await,
-        Outcome::Exited(3)
-    );
-    let comp = engine
-        .deserialize("layer 2", out[2].as_ref().unwrap())
-        .unwrap();
-    let (cfg, captured) = config(&["c"]);
-    assert_eq!(run(&engine, &comp, cfg).await, Outcome::Exited(0));
-    assert!(captured.stdout().starts_with("hello from wasm\n"));
 }
 
 #[test]

@@ -1,0 +1,401 @@
+//! The Linux side of a container: youki's `libcontainer` builds it (namespaces, cgroups,
+//! rootfs, mounts, `pivot_root`, seccomp) and our [`Executor`] runs its process.
+//!
+//! libcontainer forks, and forking the shim's multi-threaded process (tokio, ttrpc) is
+//! unsafe. So every libcontainer call runs in the zygote: a single-threaded copy of the
+//! shim forked at the top of `main`, before any thread exists. The zygote keeps every
+//! container of this shim in one table: one extra process per shim, not per container as
+//! in containerd-shim-wasm. Container inits are created as siblings of the zygote, i.e.
+//! children of the shim, whose reaper collects their exit status.
+//!
+//! A Wasm guest that outgrows its memory limit exits 137 like an OOM-killed process, but
+//! the kernel counted nothing, so the shim cannot learn it from the cgroup. The executor
+//! says so on a pipe whose read end the shim keeps ([`Created::oom`]); the shim then
+//! publishes `/tasks/oom` before the exit, which is what makes kubelet report `OOMKilled`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use containerd_shim_wasm::sandbox::Sandbox as _;
+use containerd_shim_wasm::sandbox::context::{Entrypoint, RuntimeContext, Source, WasmLayer};
+use containerd_shimkit::AmbientRuntime as _;
+use containerd_shimkit::zygote::{WireError, WireFd, Zygote};
+use libcontainer::container::Container as Youki;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::shim::WasmtimeSandbox;
+
+/// What the shim hands the zygote to create one container.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct CreateArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// youki's state directory (`<root>/<namespace>`)
+    pub root: PathBuf,
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+    /// Wasm layers of an OCI artifact; empty for an image with a rootfs.
+    pub layers: Vec<WasmLayer>,
+}
+
+/// A created (not yet started) container.
+pub struct Created {
+    pub pid: u32,
+    /// Read end of the OOM pipe: `b"oom"` once the guest outgrew its memory limit.
+    pub oom: OwnedFd,
+}
+
+thread_local! {
+    /// The zygote's containers, by id. Only ever touched inside the zygote.
+    static CONTAINERS: RefCell<HashMap<String, Youki>> = RefCell::default();
+}
+
+/// What the shim asks of a created container.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+enum Op {
+    Start,
+    /// signal number; all processes of the container, as `runc kill --all`
+    Kill(u32),
+    /// kills what is left, removes the cgroup and youki's state
+    Delete,
+}
+
+fn zygote_err(e: impl std::fmt::Display) -> WireError {
+    WireError::from(std::io::Error::other(e.to_string()))
+}
+
+fn op(id: &str, op: Op) -> Result<(), WireError> {
+    Zygote::global()
+        .try_run(op_in_zygote, (id.to_string(), op))
+        .map_err(zygote_err)?
+}
+
+fn op_in_zygote((id, op): (String, Op)) -> Result<(), WireError> {
+    let result: Result<(), String> = CONTAINERS.with_borrow_mut(|all| {
+        let Some(c) = all.get_mut(&id) else {
+            // deleting twice is fine; anything else on an unknown id is a bug upstream
+            return match op {
+                Op::Delete => Ok(()),
+                _ => Err(format!("container {id} is not known to the zygote")),
+            };
+        };
+        match op {
+            Op::Start => c.start().map_err(|e| e.to_string()),
+            Op::Kill(signal) => Signal::try_from(signal as i32)
+                .map_err(|e| e.to_string())
+                .and_then(|s| c.kill(s, true).map_err(|e| e.to_string())),
+            Op::Delete => c.delete(true).map_err(|e| e.to_string()),
+        }
+    });
+    if matches!(op, Op::Delete) {
+        CONTAINERS.with_borrow_mut(|all| all.remove(&id));
+    }
+    result.map_err(zygote_err)
+}
+
+/// Creates the container (its init waits for [`start`]) and returns its pid.
+pub fn create(args: CreateArgs) -> Result<Created, WireError> {
+    let (pid, oom) = Zygote::global()
+        .try_run(create_in_zygote, args)
+        .map_err(zygote_err)??;
+    Ok(Created {
+        pid,
+        oom: oom.into_inner(),
+    })
+}
+
+fn create_in_zygote(args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireError> {
+    let (oom_read, oom_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+    let executor = Executor {
+        layers: Arc::new(args.layers),
+        oom: Arc::new(oom_write),
+    };
+    // Read and write, as containerd's own shims open the stdio fifos: a fifo opened for
+    // one direction alone blocks until the other end is open.
+    let open = |p: &Option<PathBuf>| -> std::io::Result<Option<File>> {
+        p.as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p))
+            .transpose()
+    };
+    let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
+        .with_executor(executor)
+        .with_root_path(&args.root)
+        .map_err(std::io::Error::other)?;
+    if let Some(f) = open(&args.stdin)? {
+        builder = builder.with_stdin(f);
+    }
+    if let Some(f) = open(&args.stdout)? {
+        builder = builder.with_stdout(f);
+    }
+    if let Some(f) = open(&args.stderr)? {
+        builder = builder.with_stderr(f);
+    }
+    let container = builder
+        .as_init(&args.bundle)
+        .as_sibling(true)
+        .with_systemd(args.systemd_cgroup)
+        .build()
+        .map_err(std::io::Error::other)?;
+    // The builder (and our copy of the write end) is gone: only the init holds it now.
+    let pid = container
+        .pid()
+        .ok_or_else(|| std::io::Error::other("libcontainer created no init process"))?;
+    CONTAINERS.with_borrow_mut(|all| all.insert(args.id, container));
+    Ok((pid.as_raw() as u32, WireFd::new(oom_read)))
+}
+
+pub fn start(id: &str) -> Result<(), WireError> {
+    op(id, Op::Start)
+}
+
+pub fn kill(id: &str, signal: u32) -> Result<(), WireError> {
+    op(id, Op::Kill(signal))
+}
+
+pub fn delete(id: &str) -> Result<(), WireError> {
+    op(id, Op::Delete)
+}
+
+/// Deletes a container this process never created (`shim delete` after a crash): loads
+/// youki's state from disk. Runs in the calling process: `delete` is single-threaded.
+pub fn delete_leftover(root: &Path, id: &str) -> Result<bool, String> {
+    let dir = root.join(id);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let mut c = Youki::load(dir).map_err(|e| e.to_string())?;
+    c.delete(true).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// True when the OOM pipe says the guest outgrew its memory limit. Called after the init
+/// exited, so the pipe holds all it will ever hold.
+pub fn oom_reported(read_end: &OwnedFd) -> bool {
+    let mut buf = [0u8; 3];
+    let mut f = File::from(read_end.try_clone().expect("dup of the OOM pipe"));
+    rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::NONBLOCK).ok();
+    matches!(f.read(&mut buf), Ok(3)) && &buf == b"oom"
+}
+
+/// How the init runs its process: ELF and `#!` entrypoints as Linux processes (the pod's
+/// pause container, sidecars), everything else as Wasm.
+#[derive(Clone)]
+struct Executor {
+    layers: Arc<Vec<WasmLayer>>,
+    oom: Arc<OwnedFd>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Native,
+    Wasm,
+}
+
+/// The container as the engine sees it (containerd-shim-wasm's `RuntimeContext`): the
+/// spec's args and env; the entrypoint `path[#func]` from `args[0]`, or the image's Wasm
+/// layers when it has some.
+pub struct Context<'a> {
+    pub spec: &'a Spec,
+    pub layers: &'a [WasmLayer],
+}
+
+impl RuntimeContext for Context<'_> {
+    fn args(&self) -> &[String] {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_deref())
+            .unwrap_or_default()
+    }
+
+    fn envs(&self) -> &[String] {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().as_deref())
+            .unwrap_or_default()
+    }
+
+    fn entrypoint(&self) -> Entrypoint<'_> {
+        let arg0 = self.args().first().map(String::as_str);
+        let (path, func) = arg0
+            .unwrap_or_default()
+            .split_once('#')
+            .unwrap_or((arg0.unwrap_or_default(), "_start"));
+        Entrypoint {
+            func: func.to_string(),
+            name: Path::new(path)
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned()),
+            arg0: arg0.map(Path::new),
+            source: if self.layers.is_empty() {
+                Source::File(PathBuf::from(path))
+            } else {
+                Source::Oci(self.layers)
+            },
+        }
+    }
+}
+
+impl Executor {
+    fn ctx<'a>(&'a self, spec: &'a Spec) -> Context<'a> {
+        Context {
+            spec,
+            layers: &self.layers,
+        }
+    }
+
+    fn kind(&self, spec: &Spec) -> Kind {
+        let ctx = self.ctx(spec);
+        match ctx.entrypoint().source {
+            Source::Oci(_) => Kind::Wasm,
+            Source::File(path) => {
+                let env = crate::shim::env_pairs(ctx.envs());
+                let native = crate::shim::resolve_entrypoint(&path, &env)
+                    .ok()
+                    .and_then(|p| is_native(&p).then_some(()));
+                if native.is_some() {
+                    Kind::Native
+                } else {
+                    Kind::Wasm
+                }
+            }
+        }
+    }
+}
+
+/// ELF magic or a `#!` line, on an executable file.
+fn is_native(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = path
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let mut head = [0u8; 4];
+    executable
+        && File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+        && (head == *b"\x7fELF" || head.starts_with(b"#!"))
+}
+
+impl libcontainer::workload::Executor for Executor {
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        match self.kind(spec) {
+            Kind::Native => DefaultExecutor {}.validate(spec),
+            Kind::Wasm => WasmtimeSandbox
+                .can_handle(&self.ctx(spec))
+                .block_on()
+                .map_err(|_| ExecutorValidationError::CantHandle("wasmtime")),
+        }
+    }
+
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        match self.kind(spec) {
+            Kind::Native => DefaultExecutor {}.exec(spec),
+            Kind::Wasm => {
+                let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec)).block_on();
+                if oom {
+                    let _ = File::from(self.oom.try_clone().expect("dup")).write_all(b"oom");
+                }
+                std::process::exit(code)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn entrypoint_from_args_or_layers() {
+        use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+        let spec = |args: &[&str]| {
+            SpecBuilder::default()
+                .process(
+                    ProcessBuilder::default()
+                        .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let cases: [(&[&str], &str, Option<&str>, &str); 4] = [
+            (
+                &["/app/hello.wasm", "x"],
+                "_start",
+                Some("hello"),
+                "/app/hello.wasm",
+            ),
+            (
+                &["/app/hello.wasm#run"],
+                "run",
+                Some("hello"),
+                "/app/hello.wasm",
+            ),
+            (&["#init"], "init", None, ""),
+            (&[], "_start", None, ""),
+        ];
+        for (args, func, name, path) in cases {
+            let s = spec(args);
+            let ctx = Context {
+                spec: &s,
+                layers: &[],
+            };
+            let e = ctx.entrypoint();
+            assert_eq!(e.func, func, "{args:?}");
+            assert_eq!(e.name.as_deref(), name, "{args:?}");
+            assert!(
+                matches!(e.source, Source::File(p) if p == Path::new(path)),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn native_means_executable_elf_or_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8], u32, bool); 5] = [
+            ("elf", b"\x7fELF\x02\x01", 0o755, true),
+            ("script", b"#!/bin/sh\n", 0o755, true),
+            ("wasm", b"\0asm\x01\0\0\0", 0o755, false),
+            ("elf-not-executable", b"\x7fELF\x02\x01", 0o644, false),
+            ("short", b"#", 0o755, false),
+        ];
+        for (name, bytes, mode, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(is_native(&p), want, "{name}");
+        }
+        assert!(!is_native(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn oom_pipe_reads_the_marker_only() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        assert!(!oom_reported(&r), "empty pipe, writer open");
+        File::from(w).write_all(b"oom").unwrap();
+        assert!(oom_reported(&r));
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        drop(w);
+        assert!(!oom_reported(&r), "closed without a word");
+    }
+}
