@@ -42,7 +42,10 @@ fn go_style_v_is_delegated() {
     let out = shim(&["-v"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Runtime: io.containerd.wasmtime.v1"), "{text}");
+    assert!(
+        text.contains("Runtime: io.containerd.wasmtime.v1"),
+        "{text}"
+    );
 }
 
 /// containerd 2.x asks `-info` for the runtime's introspection record (protobuf

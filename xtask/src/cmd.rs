@@ -45,7 +45,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 /// variables `cargo run` gave xtask: build scripts that watch them (ring's does) would
 /// otherwise rerun, and everything above them rebuild, whenever a build alternates between
 /// xtask and a shell.
-pub fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo_command(args: &[&str]) -> Command {
     eprintln!("xtask: cargo {}", args.join(" "));
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args(args).current_dir(workspace_root());
@@ -64,7 +64,11 @@ pub fn cargo(args: &[&str]) -> Result<()> {
             c.env_remove(&*k);
         }
     }
-    run(&mut c)
+    c
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(&mut cargo_command(args))
 }
 
 /// The workspace root (xtask's parent directory).

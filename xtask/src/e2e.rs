@@ -357,12 +357,18 @@ fn step4_limits(node: &Node) -> Result<()> {
     Ok(())
 }
 
-fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
-    let http_pod = get(
+/// The wasi:http pod's uid and its container's restart count: the same before and after
+/// means nothing replaced or restarted it.
+fn http_pod(node: &Node) -> Result<String> {
+    get(
         node,
         &["pods", "-l", "app=e2e-http"],
-        "{.items[0].metadata.uid}",
-    )?;
+        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
+    )
+}
+
+fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
+    let before = http_pod(node)?;
     let installer_before = installer_pod_uid(node)?;
     let load = Load::start(service);
     kubectl(
@@ -387,14 +393,10 @@ fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
             && installer_pod_uid(node).is_ok_and(|u| u != installer_before))
     })?;
     let (requests, failed) = load.stop();
-    let after = get(
-        node,
-        &["pods", "-l", "app=e2e-http"],
-        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
-    )?;
+    let after = http_pod(node)?;
     ensure!(
-        after == format!("{http_pod} 0"),
-        "the HTTP pod was replaced or restarted during the re-roll: {after}"
+        after == before,
+        "the HTTP pod was replaced or restarted during the re-roll: {before} -> {after}"
     );
     let version = get(node, &["wasmruntime", "wasmtime"], "{.status.shimVersion}")?;
     eprintln!(
@@ -412,11 +414,7 @@ fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
 /// Deployment serves under load: the running Wasm pod must come through both restarts
 /// untouched (same pod, no container restart, no failed request).
 fn step6_broken(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
-    let http_pod = get(
-        node,
-        &["pods", "-l", "app=e2e-http"],
-        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
-    )?;
+    let before = http_pod(node)?;
     let load = Load::start(service);
     let mut broken: serde_yaml::Value = serde_yaml::from_str(&up::adapted_sample(node)?)?;
     broken["metadata"]["name"] = "broken".into();
@@ -490,15 +488,11 @@ fn step6_broken(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> 
     })?;
     kubectl(node, &["delete", "pod", "e2e-broken", "--wait=true"])?;
     let (requests, failed) = load.stop();
-    let after = get(
-        node,
-        &["pods", "-l", "app=e2e-http"],
-        "{.items[0].metadata.uid} {.items[0].status.containerStatuses[0].restartCount}",
-    )?;
+    let after = http_pod(node)?;
     eprintln!("e2e: HTTP through two containerd restarts: {requests} requests, {failed} failed");
     ensure!(
-        after == http_pod,
-        "the HTTP pod was replaced or restarted by the containerd restarts: {http_pod} -> {after}"
+        after == before,
+        "the HTTP pod was replaced or restarted by the containerd restarts: {before} -> {after}"
     );
     ensure!(
         failed == 0,

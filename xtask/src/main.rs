@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
 mod bench;
+mod bench_fuzz;
 mod bench_installer;
 mod bench_operator;
 mod cmd;
@@ -111,6 +112,12 @@ enum Bench {
     /// The installer on real containerd 1.6/1.7/2.x: start -> verified, the CRI gap during
     /// the restart, the no-op re-run and its restarts (medians of 5 runs).
     Installer,
+    /// The config editor's fuzz test with many generated inputs (release build); writes
+    /// its row of docs/reliability.md.
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -160,6 +167,7 @@ fn main() -> Result<()> {
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
         Command::Bench(Bench::Shim { only }) => bench::shim(only),
+        Command::Bench(Bench::Fuzz { cases }) => bench_fuzz::run(cases),
         Command::Bench(Bench::Installer) => {
             testbed::install_all()?;
             let section = bench_installer::report(&bench_installer::run()?);

@@ -144,6 +144,17 @@ impl Bed {
         EventLog { child, path }
     }
 
+    /// `ctr tasks kill -s SIGTERM <id>`, which must succeed.
+    pub fn sigterm(&self, id: &str) {
+        let kill = self
+            .ctrd
+            .ctr()
+            .args(["tasks", "kill", "-s", "SIGTERM", id])
+            .output()
+            .expect("ctr tasks kill");
+        assert!(kill.status.success(), "{kill:?}");
+    }
+
     /// Task status from `ctr tasks ls` ("RUNNING", "STOPPED"), if the task exists.
     pub fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctrd.ctr().args(["tasks", "ls"]).output().ok()?;

@@ -80,13 +80,7 @@ fn http_component_answers_many_requests(v: DebPackage) {
     for t in threads {
         t.join().expect("client thread");
     }
-    let kill = bed
-        .ctrd
-        .ctr()
-        .args(["tasks", "kill", "-s", "SIGTERM", &id])
-        .output()
-        .unwrap();
-    assert!(kill.status.success(), "{kill:?}");
+    bed.sigterm(&id);
     // (the 1 s bound is checked in `isolation::sigterm_exits_143_within_a_second`)
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{out:?}");

@@ -150,13 +150,7 @@ fn sigterm_exits_143_within_a_second(v: DebPackage) {
         // let the guest get into its loop / host call
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();
-        let kill = bed
-            .ctrd
-            .ctr()
-            .args(["tasks", "kill", "-s", "SIGTERM", &id])
-            .output()
-            .unwrap();
-        assert!(kill.status.success(), "{kill:?}");
+        bed.sigterm(&id);
         let out = child.wait_with_output().unwrap();
         let took = killed.elapsed();
         assert_eq!(out.status.code(), Some(143), "{fixture}: {out:?}");

@@ -113,7 +113,11 @@ fn oci_artifact_is_precompiled_once(v: DebPackage) {
     }
     let log = bed.ctrd.log();
     assert_eq!(log.matches("stored precompiled module").count(), 1, "{log}");
-    assert_eq!(log.matches("precompiled module cache hit").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("precompiled module cache hit").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(bed.cache_entries().len(), 1, "{:?}", bed.cache_entries());
 }
 

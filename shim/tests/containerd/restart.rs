@@ -76,13 +76,7 @@ fn running_task_survives_a_containerd_restart(v: DebPackage) {
 
     // The exit reaches the new containerd as an event (the old event connection is gone).
     let events = bed.watch_events();
-    let kill = bed
-        .ctrd
-        .ctr()
-        .args(["tasks", "kill", "-s", "SIGTERM", &id])
-        .output()
-        .unwrap();
-    assert!(kill.status.success(), "{kill:?}");
+    bed.sigterm(&id);
     let exit = events.wait_for("/tasks/exit", &id, Duration::from_secs(10));
     let exit =
         exit.unwrap_or_else(|| panic!("no exit event:\n{}\n{}", events.text(), bed.ctrd.log()));
