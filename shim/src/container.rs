@@ -279,6 +279,33 @@ impl Executor {
     }
 }
 
+/// `(env_start, env_end)` of a process from its `/proc/<pid>/stat` text (fields 50 and 51;
+/// counted after the `)` that ends the command name, which may hold spaces).
+fn env_range(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(47);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    (end >= start).then_some((start, end))
+}
+
+/// A Wasm container's init never execs, so its `/proc/self/environ` (which the guest can
+/// read through the rootfs preopen, `/proc` being mounted there) would still be the shim's
+/// own environment as containerd started it: addresses, proxy settings, whatever the node
+/// put in containerd's environment. Zeroing that block (our own memory, written through
+/// `/proc/self/mem`) leaves the guest nothing to read; the guest's environment is its own,
+/// from the spec, and never lives there.
+fn scrub_inherited_environ() -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let (start, end) = env_range(&stat)
+        .ok_or_else(|| std::io::Error::other("no env_start/env_end in /proc/self/stat"))?;
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?;
+    mem.write_all_at(&vec![0u8; (end - start) as usize], start)
+}
+
 /// ELF magic or a `#!` line, on an executable file.
 fn is_native(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
@@ -308,6 +335,9 @@ impl libcontainer::workload::Executor for Executor {
         match self.kind(spec) {
             Kind::Native => DefaultExecutor {}.exec(spec),
             Kind::Wasm => {
+                if let Err(e) = scrub_inherited_environ() {
+                    tracing::warn!(error = %e, "cannot clear the inherited environment block");
+                }
                 let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec)).block_on();
                 if oom {
                     let _ = File::from(self.oom.try_clone().expect("dup")).write_all(b"oom");
@@ -367,6 +397,42 @@ mod tests {
                 "{args:?}"
             );
         }
+    }
+
+    #[test]
+    fn env_range_is_read_after_the_command_name() {
+        let fields_after = |env: &str| {
+            // fields 3..=49 as zeros, then env_start env_end exit_code
+            let mut f = vec!["0"; 47];
+            f.push(env);
+            f.join(" ")
+        };
+        let cases = [
+            (
+                format!("42 (shim) {} 0", fields_after("4096 8192")),
+                Some((4096, 8192)),
+            ),
+            // a command name with spaces and a ')' inside
+            (
+                format!("42 (a b) c) {} 0", fields_after("100 100")),
+                Some((100, 100)),
+            ),
+            (format!("42 (shim) {} 0", fields_after("9 1")), None),
+            ("42 (shim) R 1".to_string(), None),
+        ];
+        for (stat, want) in cases {
+            assert_eq!(env_range(&stat), want, "{stat}");
+        }
+    }
+
+    /// On this very process: the block is where `/proc/self/stat` says, and what
+    /// `/proc/self/environ` shows is exactly that block.
+    #[test]
+    fn env_range_matches_proc_self_environ() {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (start, end) = env_range(&stat).unwrap();
+        let environ = std::fs::read("/proc/self/environ").unwrap();
+        assert_eq!((end - start) as usize, environ.len());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::harness::{Bed, image_name, unique, wasm_image};
 
 crate::on_every_containerd!(
     bind_mounts_keep_their_mode_and_nothing_else_is_reachable,
+    guest_reads_no_host_secret_through_proc_or_symlinks,
     memory_limit_exceeded_exits_137,
     sigterm_exits_143_within_a_second,
 );
@@ -78,6 +79,49 @@ fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
         assert!(
             [ENOENT, ENOTCAPABLE, EPERM].contains(&r.code()) && !r.stdout().contains("not for"),
             "{path} must be unreachable: {}",
+            r.describe()
+        );
+    }
+}
+
+/// The guest escape cases of reading: the shim's environment through `/proc/self/environ`
+/// (the init never execs, so that block was the shim's), the host's files through symlinks
+/// planted in a mount (absolute, and climbing out), and `/etc/shadow`.
+fn guest_reads_no_host_secret_through_proc_or_symlinks(v: DebPackage) {
+    let bed = Bed::start(v);
+    let rw = bed.work.path().join("planted");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::os::unix::fs::symlink("/etc", rw.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc", rw.join("up")).unwrap();
+    bed.import(&wasm_image("fs", &fixtures::fs_module()));
+    let mount = format!("type=bind,src={},dst=/rw,options=rbind:rw", rw.display());
+    let read = |path: &str| {
+        bed.run_wasm(
+            &["--mount", &mount],
+            &image_name("fs"),
+            &["/app.wasm", "read", path],
+        )
+    };
+    let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    for path in ["/proc/self/environ", "/proc/1/environ"] {
+        let r = read(path);
+        // containerd's environment, which the shim inherited (the bed sets this one)
+        assert!(
+            !r.stdout().contains("WASMRUNTIME_CACHE_DIR") && !r.stdout().contains("PATH="),
+            "{path} shows the shim's environment: {}",
+            r.describe()
+        );
+    }
+    for path in ["/rw/abs/hostname", "/rw/up/hostname", "/etc/shadow"] {
+        let r = read(path);
+        assert!(
+            [ENOENT, ENOTCAPABLE, EPERM, EACCES].contains(&r.code()),
+            "{path} must be unreachable: {}",
+            r.describe()
+        );
+        assert!(
+            host_hostname.trim().is_empty() || !r.stdout().contains(host_hostname.trim()),
+            "{path}: {}",
             r.describe()
         );
     }
