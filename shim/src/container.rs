@@ -121,6 +121,7 @@ fn create_in_zygote(args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireErro
     let (oom_read, oom_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
     let executor = Executor {
+        id: Arc::new(args.id.clone()),
         layers: Arc::new(args.layers),
         oom: Arc::new(oom_write),
     };
@@ -196,6 +197,8 @@ pub fn oom_reported(read_end: &OwnedFd) -> bool {
 /// pause container, sidecars), everything else as Wasm.
 #[derive(Clone)]
 struct Executor {
+    /// the container id, for the log
+    id: Arc<String>,
     layers: Arc<Vec<WasmLayer>>,
     oom: Arc<OwnedFd>,
 }
@@ -338,7 +341,9 @@ impl libcontainer::workload::Executor for Executor {
                 if let Err(e) = scrub_inherited_environ() {
                     tracing::warn!(error = %e, "cannot clear the inherited environment block");
                 }
+                tracing::info!("running the guest of {}", self.id);
                 let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec)).block_on();
+                tracing::info!("the guest of {} exited with {code}", self.id);
                 if oom {
                     let _ = File::from(self.oom.try_clone().expect("dup")).write_all(b"oom");
                 }

@@ -378,6 +378,7 @@ impl Task for Service {
     fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         Self::no_exec(&req.exec_id)?;
         let task = self.task(&req.id)?;
+        tracing::info!("starting task {}", req.id);
         {
             let mut started = task.started.lock().unwrap_or_else(|p| p.into_inner());
             if *started || task.exit().is_some() {

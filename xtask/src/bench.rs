@@ -38,6 +38,8 @@ const HTTP_ROUNDS: usize = 5;
 pub enum ShimPart {
     /// wasi:http hello against `wasmtime serve`
     Http,
+    /// cold start and idle memory (everything before the wasi:http subsection)
+    Startup,
 }
 
 /// Heading of the HTTP subsection; `--only http` replaces the shim section from here on.
@@ -63,7 +65,10 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
         bail!("/bin/busybox missing: apt-get install busybox-static (the native baseline)");
     }
     let wrk = which("wrk").context("wrk missing: apt-get install wrk")?;
-    let wasmtime = wasmtime_cli()?;
+    let wasmtime = match only {
+        Some(ShimPart::Startup) => PathBuf::new(),
+        _ => wasmtime_cli()?,
+    };
 
     let cache = work.path().join("cache");
     let ctrd = Containerd::start(
@@ -77,6 +82,11 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
     // apart in containerd's log
     let images: &[(&str, &str)] = match only {
         Some(ShimPart::Http) => &[("http", "http.wasm")],
+        Some(ShimPart::Startup) => &[
+            ("hello", "hello.wasm"),
+            ("hello-miss", "hello.wasm"),
+            ("sleep", "sleep.wasm"),
+        ],
         None => &[
             ("hello", "hello.wasm"),
             ("hello-miss", "hello.wasm"),
@@ -157,7 +167,15 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
         runc: idle(RUNC, "busybox", &sleep_args)?,
     };
 
-    let http = http_figures(&ctrd, &wrk, &wasmtime, &fixtures.join("http.wasm"))?;
+    let http = match only {
+        Some(ShimPart::Startup) => None,
+        _ => Some(http_figures(
+            &ctrd,
+            &wrk,
+            &wasmtime,
+            &fixtures.join("http.wasm"),
+        )?),
+    };
 
     let section = report(&Figures {
         containerd: ctrd.version(),
@@ -169,6 +187,9 @@ pub fn shim(only: Option<ShimPart>) -> Result<()> {
         http,
     });
     println!("{section}");
+    if only == Some(ShimPart::Startup) {
+        return replace_before_http("docs/benchmarks.md", &section);
+    }
     cmd::update_doc_section("docs/benchmarks.md", "shim", &section)
 }
 
@@ -259,12 +280,12 @@ fn shim_window(log: &str, id: &str) -> Option<f64> {
 /// in ms.
 #[derive(Debug, Clone, Copy)]
 struct Phases {
-    /// connect -> start request: create (containerd-shim-wasm asks containerd for Wasm
-    /// layers, the zygote forks, youki builds the container)
+    /// connect -> start request: create (rootfs mount, the Wasm-layer lookup when the
+    /// entrypoint is not in the rootfs, youki builds the container in the zygote)
     create: f64,
-    /// start request -> our `run_wasi` is called in the container
+    /// start request -> the executor runs the guest in the container
     start: f64,
-    /// `run_wasi` -> guest exited (engine, cache load, the guest)
+    /// executor -> guest exited (engine, cache load, the guest)
     run: f64,
     /// guest exited -> shim disconnected (exit reported, delete, shim exit)
     teardown: f64,
@@ -272,19 +293,11 @@ struct Phases {
 
 impl Phases {
     fn of(log: &str, id: &str) -> Option<Self> {
-        let mine = |msg: &'static str| {
-            first_time(log, move |l| {
-                l.contains(&format!("instance=\"{id}\"")) && l.contains(msg)
-            })
-        };
-        let connect = first_time(log, |l| {
-            l.contains(&format!("msg=\"connecting to shim {id}\""))
-        })?;
-        let start = first_time(log, |l| {
-            l.contains(&format!("msg=\"starting instance: {id}\""))
-        })?;
-        let called = mine("msg=\"calling start function\"")?;
-        let exited = mine("msg=\"guest exited")?;
+        let line = |msg: String| first_time(log, move |l| l.contains(&msg));
+        let connect = line(format!("msg=\"connecting to shim {id}\""))?;
+        let start = line(format!("msg=\"starting task {id}\""))?;
+        let called = line(format!("msg=\"running the guest of {id}\""))?;
+        let exited = line(format!("msg=\"the guest of {id} exited"))?;
         let window = shim_window(log, id)?;
         Some(Self {
             create: span(connect, start),
@@ -640,7 +653,8 @@ struct Figures {
     phases: Vec<Phases>,
     runc_windows: Vec<f64>,
     memory: Memory,
-    http: HttpFigures,
+    /// `None` with `--only startup`
+    http: Option<HttpFigures>,
 }
 
 /// The HTTP part, with its own run conditions (it can run alone, `--only http`).
@@ -677,6 +691,30 @@ fn replace_http_subsection(file: &str, text: &str) -> Result<()> {
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: updated the wasi:http subsection of the shim section of {file}");
     Ok(())
+}
+
+/// Replaces the shim section up to its HTTP subsection, which stays (`--only startup`).
+fn replace_before_http(file: &str, text: &str) -> Result<()> {
+    let path = cmd::workspace_root().join(file);
+    let old = std::fs::read_to_string(&path)?;
+    let new = splice_before_http(&old, text)
+        .with_context(|| format!("{file} has no {HTTP_HEADING:?} in its shim section"))?;
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: updated the shim section of {file} up to its wasi:http subsection");
+    Ok(())
+}
+
+fn splice_before_http(old: &str, text: &str) -> Option<String> {
+    let marker = "<!-- shim:start -->";
+    let start = old.find(marker)? + marker.len();
+    let end = start + old[start..].find("<!-- shim:end -->")?;
+    let from = start + old[start..end].find(HTTP_HEADING)?;
+    Some(format!(
+        "{}\n{}\n\n{}",
+        &old[..start],
+        text.trim_end(),
+        &old[from..]
+    ))
 }
 
 fn splice_http_subsection(old: &str, text: &str) -> Option<String> {
@@ -743,9 +781,9 @@ fn report(f: &Figures) -> String {
          | total (`ctr run --rm`) | {r:.1} ms | {h:.1} ms |\n\
          | outside the shim | {:.1} ms | {:.1} ms |\n\
          | in the shim | {runc_window:.1} ms | {ours_window:.1} ms |\n\
-         | - create (containerd-shim-wasm: Wasm-layer lookup over containerd's API, zygote fork, youki) | | {:.1} ms |\n\
-         | - start request -> our `run_wasi` called in the container | | {:.1} ms |\n\
-         | - `run_wasi`: engine, cache load, guest, exit | | {:.1} ms |\n\
+         | - create (our task service: rootfs mount, youki builds the container in the zygote; no Wasm-layer lookup when the entrypoint is in the rootfs) | | {:.1} ms |\n\
+         | - start request -> the executor runs the guest in the container | | {:.1} ms |\n\
+         | - guest run: engine, cache load, guest, exit | | {:.1} ms |\n\
          | - guest exit -> shim gone (exit event, delete, shim exit) | | {:.1} ms |\n",
         r - runc_window,
         h - ours_window,
@@ -811,7 +849,9 @@ fn report(f: &Figures) -> String {
         }
         s.push('\n');
     }
-    s.push_str(&http_report(&f.http));
+    if let Some(http) = &f.http {
+        s.push_str(&http_report(http));
+    }
     s
 }
 
@@ -880,14 +920,20 @@ mod tests {
              <!-- shim:end -->\n<!-- installer:start -->\n### wasi:http hello\n<!-- installer:end -->\n"
         );
         assert!(splice_http_subsection("<!-- shim:start -->\n<!-- shim:end -->", "x").is_none());
+        let doc =
+            "a\n<!-- shim:start -->\nold start\n### wasi:http hello\n\nkept\n<!-- shim:end -->\nb";
+        assert_eq!(
+            splice_before_http(doc, "new start\n").unwrap(),
+            "a\n<!-- shim:start -->\nnew start\n\n### wasi:http hello\n\nkept\n<!-- shim:end -->\nb"
+        );
     }
 
     #[test]
     fn phases_come_from_the_containerd_log() {
         let log = r#"time="2026-12-02T23:59:59.900000000Z" level=info msg="connecting to shim c1" address="unix:///x" namespace=n protocol=ttrpc version=3
-time="2026-12-02T23:59:59.950000000Z" level=info msg="starting instance: c1"
-time="2026-12-02T23:59:59.960000000Z" level=info instance="c1" msg="calling start function"
-time="2026-12-03T00:00:00.000000000Z" level=info instance="c1" msg="guest exited code=0"
+time="2026-12-02T23:59:59.950000000Z" level=info msg="starting task c1" runtime=io.containerd.wasmtime.v1
+time="2026-12-02T23:59:59.960000000Z" level=info msg="running the guest of c1" runtime=io.containerd.wasmtime.v1
+time="2026-12-03T00:00:00.000000000Z" level=info msg="the guest of c1 exited with 0" runtime=io.containerd.wasmtime.v1
 time="2026-12-03T00:00:00.020000000Z" level=info msg="shim disconnected" id=c1 namespace=n
 "#;
         let p = Phases::of(log, "c1").unwrap();
