@@ -1,9 +1,9 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
 mod bench;
-mod bench_fuzz;
 mod bench_installer;
 mod bench_operator;
+mod bench_reliability;
 mod cmd;
 mod crdgen;
 mod docs;
@@ -118,6 +118,14 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
     },
+    /// The shim's load test at full size (release shim): many containers at once, many
+    /// start/stop cycles, nothing left behind; writes its row of docs/reliability.md.
+    Load {
+        #[arg(long, default_value_t = 200)]
+        running: usize,
+        #[arg(long, default_value_t = 1000)]
+        cycles: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -167,7 +175,8 @@ fn main() -> Result<()> {
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
         }
         Command::Bench(Bench::Shim { only }) => bench::shim(only),
-        Command::Bench(Bench::Fuzz { cases }) => bench_fuzz::run(cases),
+        Command::Bench(Bench::Fuzz { cases }) => bench_reliability::fuzz(cases),
+        Command::Bench(Bench::Load { running, cycles }) => bench_reliability::load(running, cycles),
         Command::Bench(Bench::Installer) => {
             testbed::install_all()?;
             let section = bench_installer::report(&bench_installer::run()?);

@@ -7,6 +7,7 @@ mod harness;
 mod http;
 mod isolation;
 mod lifecycle;
+mod load;
 mod network;
 mod restart;
 mod run;
