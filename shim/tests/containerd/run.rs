@@ -15,6 +15,7 @@ crate::on_every_containerd!(
     compat_smart_annotated_image,
     every_oci_artifact_media_type,
     non_wasm_entrypoint_is_a_clear_error,
+    malformed_modules_fail_clearly,
 );
 
 fn hello_with_args_and_env(v: DebPackage) {
@@ -183,4 +184,33 @@ fn non_wasm_entrypoint_is_a_clear_error(v: DebPackage) {
         run.describe(),
         bed.ctrd.log()
     );
+}
+
+/// Hostile or broken modules end with a clear reason on the container's stderr and an exit
+/// code of their own; nothing else is disturbed (the next container runs).
+fn malformed_modules_fail_clearly(v: DebPackage) {
+    let bed = Bed::start(v);
+    let hello = fixtures::wat("hello");
+    bed.import(&wasm_image("truncated", &hello[..hello.len() / 2]));
+    bed.import(&wasm_image("bad-import", &fixtures::wat("bad_import")));
+    bed.import(&wasm_image("huge-memory", &fixtures::wat("huge_memory")));
+    bed.import(&wasm_image("hello", &hello));
+    let cases: [(&str, &[&str], i32, &str); 3] = [
+        ("truncated", &[], 126, "compiling /app.wasm"),
+        ("bad-import", &[], 126, "launch_missiles"),
+        // 4 GiB asked for by the memory section, against a 32 MiB container limit
+        (
+            "huge-memory",
+            &["--memory-limit", "33554432"],
+            137,
+            "above the container limit",
+        ),
+    ];
+    for (image, flags, code, reason) in cases {
+        let run = bed.run(WASMTIME_RUNTIME, flags, &image_name(image), &[]);
+        assert_eq!(run.code(), code, "{image}: {}", run.describe());
+        assert!(run.stderr().contains(reason), "{image}: {}", run.describe());
+    }
+    let after = bed.run(WASMTIME_RUNTIME, &[], &image_name("hello"), &[]);
+    assert_eq!(after.code(), 0, "{}", after.describe());
 }
