@@ -75,21 +75,7 @@ fn build(base: &str, version: &str, extras: &[Extra]) -> String {
 
 /// Every leaf key path and its value, except under our runtime table.
 fn leaves(doc: &DocumentMut) -> Vec<(String, String)> {
-    fn walk(t: &dyn toml_edit::TableLike, prefix: &str, out: &mut Vec<(String, String)>) {
-        for (k, item) in t.iter() {
-            let p = format!("{prefix}/{k}");
-            if p.ends_with("/runtimes/wasmtime") {
-                continue;
-            }
-            match item.as_table_like() {
-                Some(sub) => walk(sub, &p, out),
-                None => out.push((p, item.to_string().trim().to_owned())),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(doc.as_table(), "", &mut out);
-    out
+    leaves_outside(doc, "wasmtime")
 }
 
 proptest! {

@@ -47,16 +47,7 @@ const HTTP_HEADING: &str = "### wasi:http hello";
 
 pub fn shim(only: Option<ShimPart>) -> Result<()> {
     crate::testbed::install_all()?;
-    let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?);
-    // libseccomp is linked statically (.cargo/config.toml): the binary nodes get.
-    cmd::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "containerd-shim-wasmtime",
-    ])?;
-    let shim = target.join("release/containerd-shim-wasmtime-v1");
+    let shim = cmd::release_shim()?;
     let work = tempfile::tempdir()?;
     let fixtures = work.path().join("fixtures");
     cmd::wasm_fixtures(&fixtures)?;

@@ -39,15 +39,7 @@ pub fn fuzz(cases: u64) -> Result<()> {
 
 pub fn load(running: usize, cycles: usize) -> Result<()> {
     crate::testbed::install_all()?;
-    cmd::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "containerd-shim-wasmtime",
-    ])?;
-    let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?;
-    let shim = format!("{target}/release/containerd-shim-wasmtime-v1");
+    let shim = cmd::release_shim()?;
     let mut c = cmd::cargo_command(&[
         "test",
         "--locked",

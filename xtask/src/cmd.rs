@@ -115,3 +115,17 @@ pub fn wasm_fixtures(dir: &std::path::Path) -> Result<()> {
         dir,
     ])
 }
+
+/// Builds the release shim (libseccomp linked statically, `.cargo/config.toml`: the binary
+/// nodes get) and returns its path.
+pub fn release_shim() -> Result<std::path::PathBuf> {
+    cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "containerd-shim-wasmtime",
+    ])?;
+    let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
+    Ok(std::path::Path::new(&target).join("release/containerd-shim-wasmtime-v1"))
+}

@@ -100,3 +100,34 @@ pub fn facts(files: &[(PathBuf, String)]) -> HostFacts {
     }
     facts
 }
+
+/// Every leaf key path of a config and its value, sorted, except under the runtime table
+/// of `handler` (what our edits may touch).
+pub fn leaves_outside(doc: &toml_edit::DocumentMut, handler: &str) -> Vec<(String, String)> {
+    fn walk(
+        t: &dyn toml_edit::TableLike,
+        prefix: &str,
+        ours: &str,
+        out: &mut Vec<(String, String)>,
+    ) {
+        for (k, item) in t.iter() {
+            let p = format!("{prefix}/{k}");
+            if p.ends_with(ours) {
+                continue;
+            }
+            match item.as_table_like() {
+                Some(sub) => walk(sub, &p, ours, out),
+                None => out.push((p, item.to_string().trim().to_owned())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        doc.as_table(),
+        "",
+        &format!("/runtimes/{handler}"),
+        &mut out,
+    );
+    out.sort();
+    out
+}
