@@ -270,13 +270,8 @@ impl Service {
             Vec::new()
         };
 
-        let root = containerd_shimkit::sandbox::InstanceConfig {
-            bundle: bundle.clone(),
-            namespace: self.namespace.clone(),
-            ..Default::default()
-        }
-        .determine_rootdir("wasmtime")
-        .map_err(|e| err(Code::INTERNAL, format!("youki state directory: {e}")))?;
+        let root = crate::daemon::state_root(&bundle, &self.namespace)
+            .map_err(|e| err(Code::INTERNAL, format!("youki state directory: {e}")))?;
         let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
 
         // Subscribed before the init exists, so its exit cannot be missed.
