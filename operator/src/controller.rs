@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -178,6 +178,11 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
+    // Until the node and pod watches have listed once, the caches are empty: a plan made on
+    // them would report 0/0 Ready, and a deletion would see no pods and uninstall under them.
+    if !caches_listed(&ctx) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let runtime = match &guard.0 {
         Ok(runtime) => Arc::new(runtime.clone()),
         Err(invalid) => return report_unreadable(&guard, invalid, &ctx).await,
@@ -326,6 +331,14 @@ fn observe_plan(runtime: &WasmRuntime, ctx: &Context, deleting: bool) -> Result<
 }
 
 /// Whether the node cache shows every label this runtime wrote recently.
+/// Whether the node and pod caches hold a first complete list.
+fn caches_listed(ctx: &Context) -> bool {
+    let listed =
+        |ready: Option<Result<(), reflector::store::WriterDropped>>| matches!(ready, Some(Ok(())));
+    listed(ctx.nodes.wait_until_ready().now_or_never())
+        && listed(ctx.pods.wait_until_ready().now_or_never())
+}
+
 fn cache_caught_up(runtime: &WasmRuntime, ctx: &Context) -> bool {
     let mut expected = ctx.expected.lock().expect("expectations lock");
     let Some(nodes) = expected.get_mut(&runtime.name_any()) else {
