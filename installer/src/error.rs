@@ -99,12 +99,12 @@ pub enum Error {
     AmbiguousDistro { found: String },
 
     // ---- host effects ----
-    #[error("{op} {path}")]
+    // The OS error in the message itself: the termination message shows only this line.
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("the shim copied to {path} has sha256 {found}, expected {expected}")]
@@ -112,6 +112,16 @@ pub enum Error {
         path: PathBuf,
         expected: String,
         found: String,
+    },
+
+    #[error(
+        "another wasm-installer ({holder}) has held {path} for {waited:?}, longer than an \
+         install may take; if no installer runs on this node, report a bug"
+    )]
+    NodeBusy {
+        path: PathBuf,
+        holder: String,
+        waited: Duration,
     },
 
     #[error("no restart strategy fits this node: {reason}")]
@@ -147,6 +157,16 @@ pub enum Error {
         "{failed}; automatic rollback is disabled (spec.rollout.autoRollback: false), the new config stays in place"
     )]
     NotRolledBack { failed: Box<Error> },
+    #[error(
+        "{failed}; rolled back: {restored}, but containerd does not serve again: {after}; \
+         it will start on that restored config"
+    )]
+    RestoredNotServing {
+        failed: Box<Error>,
+        restored: String,
+        after: Box<Error>,
+    },
+
     #[error("{failed}; the rollback failed too: {rollback}")]
     RollbackFailed {
         failed: Box<Error>,
@@ -177,6 +197,7 @@ impl Error {
             Error::AmbiguousDistro { .. } => "ambiguous_distro",
             Error::Io { .. } => "io",
             Error::ShimHashMismatch { .. } => "shim_hash_mismatch",
+            Error::NodeBusy { .. } => "node_busy",
             Error::NoRestartStrategy { .. } => "no_restart_strategy",
             Error::Restart { .. } => "restart",
             Error::Cri { .. } => "cri",
@@ -184,6 +205,7 @@ impl Error {
             Error::ContainersRunning { .. } => "containers_running",
             Error::RolledBack { .. } => "rolled_back",
             Error::NotRolledBack { .. } => "not_rolled_back",
+            Error::RestoredNotServing { .. } => "restored_not_serving",
             Error::RollbackFailed { .. } => "rollback_failed",
         }
     }
@@ -197,6 +219,6 @@ impl Error {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { op, path, source }
+        move |cause| Error::Io { op, path, cause }
     }
 }

@@ -18,6 +18,8 @@ pub enum Fault<'a> {
     AfterConfig,
     /// containerd restarted, not verified.
     AfterRestart,
+    /// Uninstall: the shim is removed, its options file and the backup are not.
+    AfterShimRemoved,
 }
 
 impl Fault<'_> {
@@ -28,6 +30,7 @@ impl Fault<'_> {
             Fault::AfterBackup => "after-backup".into(),
             Fault::AfterConfig => "after-config".into(),
             Fault::AfterRestart => "after-restart".into(),
+            Fault::AfterShimRemoved => "after-shim-removed".into(),
         }
     }
 }

@@ -276,4 +276,15 @@ fn mutated_configs_never_break_the_editor() {
         tally.installed > 0 && tally.refused > 0,
         "{tally:?}: the mutator must reach both outcomes"
     );
+    testbed::reliability::record(
+        "input",
+        &format!(
+            "{cases} mutated containerd configs through install and uninstall (the CI-sized run of `cargo xtask bench fuzz`)"
+        ),
+        "no panic; output parses; every key outside our table kept; a second install changes nothing; uninstall restores every other key; refusals name a reason",
+        &format!(
+            "{} installed, {} already installed, {} refused with a reason, {} removed again, 0 broken, seed {seed}",
+            tally.installed, tally.unchanged, tally.refused, tally.removed
+        ),
+    );
 }

@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod node;
 pub mod oci;
 pub mod paths;
+pub mod reliability;
 pub mod supervisor;
 pub mod versions;
 pub mod workloads;

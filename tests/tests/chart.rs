@@ -430,5 +430,11 @@ async fn pod_security_restricted_operator_privileged_installer() -> Result<()> {
             "expected {expected:?} in the rejection:\n{stderr}"
         );
     }
+    testbed::reliability::record(
+        "privilege",
+        "the chart applied to the real apiserver with its namespace labelled PodSecurity `restricted`; the installer pod as the operator builds it, in each namespace",
+        "the operator's objects and pod are admitted under restricted; only the installer namespace is privileged; the installer pod is refused anywhere restricted",
+        "chart applied with no PodSecurity warning, operator pod created by the ReplicaSet controller, installer namespace enforce=privileged, installer pod admitted there and refused in the restricted namespace (privileged, hostPID, hostPath named)",
+    );
     Ok(())
 }

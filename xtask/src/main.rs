@@ -186,6 +186,30 @@ fn main() -> Result<()> {
     }
 }
 
+fn reliability_rows_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cmd::workspace_root().join("target"))
+        .join("reliability-rows")
+}
+
+/// The `faults` section of docs/reliability.md, from the rows the whole suite recorded.
+fn write_reliability_doc(rows: &std::path::Path) -> Result<()> {
+    let rows = ::testbed::reliability::collect(rows)?;
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "the test run recorded no reliability rows (is {} passed to the tests?)",
+        ::testbed::reliability::DIR_ENV
+    );
+    let body = format!(
+        "Command: `cargo xtask test` (the whole suite; each row is recorded by its test after \
+         its assertions passed, {} rows).\n\n{}",
+        rows.len(),
+        ::testbed::reliability::render(&rows)
+    );
+    cmd::update_doc_section("docs/reliability.md", "faults", &body)
+}
+
 fn test(nextest_args: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     testbed::install_all()?;
@@ -207,8 +231,14 @@ fn test(nextest_args: &[String]) -> Result<()> {
         "--no-fail-fast",
     ];
     args.extend(nextest_args.iter().map(String::as_str));
-    cmd::cargo(&args)?;
+    // The fault, hostile-input and privilege tests record their rows of
+    // docs/reliability.md here; a fresh directory per run.
+    let rows = reliability_rows_dir();
+    let _ = std::fs::remove_dir_all(&rows);
+    std::fs::create_dir_all(&rows)?;
+    cmd::run(cmd::cargo_command(&args).env(::testbed::reliability::DIR_ENV, &rows))?;
     if nextest_args.is_empty() {
+        write_reliability_doc(&rows)?;
         e2e::run(&["2".to_owned(), "1.7".to_owned()], false, false)?;
     }
     eprintln!("xtask test: finished in {:.0?}", started.elapsed());

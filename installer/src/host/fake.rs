@@ -104,6 +104,9 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
+    fn lock_node(&self, _holder: &str) -> Result<super::NodeLock> {
+        Ok(super::NodeLock::default())
+    }
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
         Ok(self.files.lock().unwrap().get(path).cloned())
     }

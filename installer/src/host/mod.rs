@@ -71,8 +71,19 @@ impl CriStatus {
     }
 }
 
+/// Held while one installer reads, writes and restarts: installers of two WasmRuntimes on
+/// one node edit the same config and restart the same containerd. Released on drop, and
+/// by the kernel when the process dies (flock), so a killed installer never blocks.
+#[derive(Debug, Default)]
+pub struct NodeLock {
+    _held: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
 /// Every effect the installer has on a node.
 pub trait Host {
+    /// Waits for and takes the node's installer lock; `holder` names this run for whoever
+    /// waits next.
+    fn lock_node(&self, holder: &str) -> Result<NodeLock>;
     /// A file's bytes; `None` when it does not exist.
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>>;
     fn exists(&self, path: &Path) -> bool;

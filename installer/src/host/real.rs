@@ -82,26 +82,12 @@ pub(crate) fn write_atomic_local(path: &Path, bytes: &[u8], mode: u32) -> Result
     let tmp = dir.join(format!(".{name}.wasm-installer.tmp"));
     let existing = fs::metadata(path).ok();
     let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(Error::io("creating", &tmp))?;
-    file.write_all(bytes).map_err(Error::io("writing", &tmp))?;
-    // Mode and owner before the rename: the file never appears with the wrong ones.
-    let (mode, owner) = match &existing {
-        Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
-        None => (mode, None),
-    };
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(Error::io("setting the mode of", &tmp))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .map_err(Error::io("setting the owner of", &tmp))?;
+    let written = write_temp(&tmp, bytes, mode, existing.as_ref());
+    if written.is_err() {
+        // A half-written temp on a full disk would keep the space it took.
+        let _ = fs::remove_file(&tmp);
     }
-    file.sync_all().map_err(Error::io("fsync", &tmp))?;
-    drop(file);
+    written?;
     fault::hit(Fault::BeforeRename(&name));
     // rename() replaces the directory entry; a running shim keeps its old inode, so
     // this never fails with ETXTBSY the way writing into the binary would.
@@ -112,7 +98,93 @@ pub(crate) fn write_atomic_local(path: &Path, bytes: &[u8], mode: u32) -> Result
     Ok(())
 }
 
+/// Writes and fsyncs the temp file with the final mode and owner (`existing`'s, else
+/// `mode` and ours): the file never appears with the wrong ones.
+fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, existing: Option<&fs::Metadata>) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(Error::io("creating", tmp))?;
+    file.write_all(bytes).map_err(Error::io("writing", tmp))?;
+    let (mode, owner) = match existing {
+        Some(m) => (m.mode() & 0o7777, Some((m.uid(), m.gid()))),
+        None => (mode, None),
+    };
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(Error::io("setting the mode of", tmp))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(Error::io("setting the owner of", tmp))?;
+    }
+    file.sync_all().map_err(Error::io("fsync", tmp))
+}
+
+/// Beside containerd's socket: one lock per containerd, on the host's tmpfs (/run).
+const LOCK_NAME: &str = ".wasm-installer.lock";
+/// Longer than any install may hold it (restart + verify + rollback).
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+impl RealHost {
+    fn lock_path(&self) -> PathBuf {
+        let dir = self.cfg.socket.parent().unwrap_or(Path::new("/run"));
+        self.local(&dir.join(LOCK_NAME))
+    }
+}
+
 impl Host for RealHost {
+    fn lock_node(&self, holder: &str) -> Result<super::NodeLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.lock_path();
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(Error::io("creating directory", dir))?;
+        }
+        let started = std::time::Instant::now();
+        let mut logged = None::<std::time::Instant>;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(Error::io("opening", &path))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut lock) => {
+                    // Who holds it, for the messages of whoever waits.
+                    let me = format!("pid {} for {holder}", std::process::id());
+                    lock.set_len(0)
+                        .and_then(|()| lock.write_all(me.as_bytes()))
+                        .map_err(Error::io("writing", &path))?;
+                    if logged.is_some() {
+                        tracing::info!(waited = ?started.elapsed(), "took the node lock");
+                    }
+                    return Ok(super::NodeLock { _held: Some(lock) });
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let held_by = fs::read_to_string(&path).unwrap_or_default();
+                    if started.elapsed() >= LOCK_WAIT {
+                        return Err(Error::NodeBusy {
+                            path,
+                            holder: held_by,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::info!(holder = %held_by, lock = %path.display(), "waiting for another installer on this node");
+                        logged = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((_, errno)) => {
+                    return Err(Error::io("locking", &path)(errno.into()));
+                }
+            }
+        }
+    }
+
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>> {
         let local = self.local(path);
         match fs::read(&local) {

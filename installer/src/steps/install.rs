@@ -41,6 +41,7 @@ impl InstallReport {
 #[tracing::instrument(skip_all, fields(node = %s.node, handler = %s.spec.handler))]
 pub fn install(host: &dyn Host, s: &Setup) -> Result<InstallReport> {
     let started = Instant::now();
+    let _lock = host.lock_node(&format!("install of {}", s.spec.handler))?;
     // Everything that can refuse (distro, version, restart strategy) before any write.
     let r = resolve(host, s)?;
     let shim = copy_shim(host, s)?;
@@ -174,10 +175,17 @@ fn rollback(
         };
     }
     tracing::error!("install failed, rolling back");
-    match try_rollback(host, s, r, before) {
-        Ok(restored) => Error::RolledBack {
+    let mut restored = None;
+    match try_rollback(host, s, r, before, &mut restored) {
+        Ok(()) => Error::RolledBack {
             failed: Box::new(failed),
-            restored,
+            restored: restored.unwrap_or_default(),
+        },
+        // The file is back; only containerd is missing (say, it never came back).
+        Err(after) if restored.is_some() => Error::RestoredNotServing {
+            failed: Box::new(failed),
+            restored: restored.unwrap_or_default(),
+            after: Box::new(after),
         },
         Err(e) => Error::RollbackFailed {
             failed: Box::new(failed),
@@ -191,7 +199,8 @@ fn try_rollback(
     s: &Setup,
     r: &Resolved,
     before: Option<Before<'_>>,
-) -> Result<String> {
+    restored_out: &mut Option<String>,
+) -> Result<()> {
     let file = &r.file;
     let current = read_text(host, file)?;
     let restored = match before {
@@ -235,10 +244,12 @@ fn try_rollback(
             }
         }
     };
+    *restored_out = Some(restored.clone());
     host.restart(&r.restart)?;
     verify(host, s, Want::Serving).map_err(Unverified::into_error)?;
-    Ok(format!(
+    *restored_out = Some(format!(
         "{restored}; containerd serves again ({})",
         r.restart
-    ))
+    ));
+    Ok(())
 }

@@ -122,9 +122,19 @@ pub(crate) fn read_text(host: &dyn Host, path: &Path) -> Result<Option<String>> 
 /// containerd's version over CRI, waiting out a restart in progress (a previous run
 /// may have been killed right after restarting it).
 fn cri_version(host: &dyn Host, s: &Setup) -> Result<String> {
+    cri_when_serving(host, s, || host.cri_version())
+}
+
+/// A CRI call, retried until containerd answers or the verify timeout passes: a run
+/// may start while containerd restarts (after another run was killed mid-restart).
+pub(crate) fn cri_when_serving<T>(
+    host: &dyn Host,
+    s: &Setup,
+    call: impl Fn() -> Result<T>,
+) -> Result<T> {
     let started = std::time::Instant::now();
     loop {
-        match host.cri_version() {
+        match call() {
             Ok(v) => return Ok(v),
             Err(e) if started.elapsed() >= s.verify_timeout => return Err(e),
             Err(e) => tracing::debug!(%e, "containerd not answering yet"),

@@ -179,12 +179,18 @@ fn rejected_config_is_rolled_back_with_a_message() {
 }
 
 #[test]
-fn a_failed_rollback_says_so() {
+fn a_rollback_whose_containerd_stays_down_says_what_it_restored() {
     let dir = tempfile::tempdir().unwrap();
     let h = host();
     *h.cri.lock().unwrap() = CriScript::Queue(VecDeque::from([Err("refused".into())]));
     let err = install(&h, &setup(dir.path(), Strategy::Signal)).unwrap_err();
-    assert_eq!(err.category(), "rollback_failed", "{err}");
+    assert_eq!(err.category(), "restored_not_serving", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("rolled back: restored the previous bytes")
+            && msg.contains("does not serve again"),
+        "{msg}"
+    );
     // The bytes are back even though containerd never answered.
     assert_eq!(h.text(CONFIG).unwrap(), ORIGINAL);
 }

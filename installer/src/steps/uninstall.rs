@@ -3,7 +3,8 @@
 
 use super::{Setup, Want, backup_paths, read_backup, resolve, verify};
 use crate::error::{Error, Result};
-use crate::host::Host;
+use crate::fault::{self, Fault};
+use crate::host::{Host, RestartAction};
 use crate::plan::{FileChange, plan_uninstall};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +15,8 @@ pub struct UninstallReport {
 
 #[tracing::instrument(skip_all, fields(node = %s.node, handler = %s.spec.handler, force))]
 pub fn uninstall(host: &dyn Host, s: &Setup, force: bool) -> Result<UninstallReport> {
-    match host.running_containers(&s.spec.handler) {
+    let _lock = host.lock_node(&format!("uninstall of {}", s.spec.handler))?;
+    match super::cri_when_serving(host, s, || host.running_containers(&s.spec.handler)) {
         Ok(ids) if ids.is_empty() => {}
         Ok(ids) if force => tracing::warn!(?ids, "forced: removing while these still run"),
         Ok(ids) => {
@@ -43,12 +45,25 @@ pub fn uninstall(host: &dyn Host, s: &Setup, force: bool) -> Result<UninstallRep
         }
         FileChange::Nothing => {}
     }
-    if config_changed {
+    fault::hit(Fault::AfterConfig);
+    // Our entry is gone from the file, yet containerd may still serve it: a run killed
+    // between the write and the restart. Restart then too, or the handler outlives us.
+    let stale = !config_changed
+        && r.restart != RestartAction::None
+        && host
+            .cri_status()
+            .is_ok_and(|status| status.knows(&s.spec.handler));
+    if stale {
+        tracing::warn!("the config no longer has our entry but containerd serves it: restarting");
+    }
+    if config_changed || stale {
         host.restart(&r.restart)?;
+        fault::hit(Fault::AfterRestart);
         verify(host, s, Want::Serving).map_err(super::Unverified::into_error)?;
     }
     let shim = s.spec.shim_path.as_path();
     let shim_removed = host.remove(shim)?;
+    fault::hit(Fault::AfterShimRemoved);
     host.remove(&super::options_path(shim))?;
     if let Some(dir) = shim.parent() {
         host.remove_dir_if_empty(dir)?;

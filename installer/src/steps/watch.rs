@@ -43,6 +43,9 @@ impl Drift {
 
 #[tracing::instrument(skip_all, fields(node = %s.node, handler = %s.spec.handler))]
 pub fn check_drift(host: &dyn Host, s: &Setup) -> Result<Drift> {
+    // Not while another installer restarts containerd: that is no drift of ours. Released
+    // before a repair takes it again (two flocks of one process conflict too).
+    let _lock = host.lock_node(&format!("drift check of {}", s.spec.handler))?;
     let want = crate::host::sha256_file(&s.source_shim)?;
     let shim = host.sha256(s.spec.shim_path.as_path())? != want;
     let r = resolve(host, s)?;

@@ -40,6 +40,8 @@ pub struct Containerd {
     pub bin: PathBuf,
     package: DebPackage,
     stop: Arc<AtomicBool>,
+    /// While set, the supervisor starts no new daemon (a containerd that never comes back).
+    hold: Arc<AtomicBool>,
     pid: Arc<AtomicU32>,
     spawns: Arc<AtomicU32>,
     child: Arc<Mutex<Option<Child>>>,
@@ -74,7 +76,16 @@ impl Containerd {
     /// `containerd config default` of that version with private paths: what a node
     /// without any admin edit runs with.
     pub fn start(version: &'static str) -> Self {
+        Self::start_with(version, |_| {})
+    }
+
+    /// [`Self::start`], with `prepare` run on the (empty) directory of the config file
+    /// first: a test mounts a small tmpfs there.
+    pub fn start_with(version: &'static str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::Builder::new().prefix("ctd").tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        prepare(&etc);
         let socket = dir.path().join("c.sock");
         let mut doc: DocumentMut = default_config(version).parse().unwrap();
         doc["root"] = value(dir.path().join("root").to_str().unwrap());
@@ -95,7 +106,7 @@ impl Containerd {
             };
             doc["plugins"][cri]["restrict_oom_score_adj"] = value(true);
         }
-        let config = dir.path().join("config.toml");
+        let config = etc.join("config.toml");
         std::fs::write(&config, doc.to_string()).unwrap();
         let log = dir.path().join("containerd.log");
         let mut me = Self {
@@ -107,6 +118,7 @@ impl Containerd {
             log,
             dir,
             stop: Arc::new(AtomicBool::new(false)),
+            hold: Arc::new(AtomicBool::new(false)),
             pid: Arc::new(AtomicU32::new(0)),
             spawns: Arc::new(AtomicU32::new(0)),
             child: Arc::new(Mutex::new(None)),
@@ -148,6 +160,7 @@ impl Containerd {
         let dir = self.dir.path().to_owned();
         std::fs::create_dir_all(self.path_bin()).unwrap();
         let (stop, pid, slot) = (self.stop.clone(), self.pid.clone(), self.child.clone());
+        let hold = self.hold.clone();
         let spawns = self.spawns.clone();
         self.thread = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -166,6 +179,10 @@ impl Containerd {
                 }
                 // systemd's default RestartSec.
                 std::thread::sleep(Duration::from_millis(100));
+                while hold.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    pid.store(0, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }));
     }
@@ -189,19 +206,34 @@ impl Containerd {
     /// SIGTERM the daemon, as the installer's `signal` strategy does, and wait until the
     /// supervisor's next one serves CRI.
     pub fn restart(&self) {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM, "a restart");
+    }
+
+    /// While `on`, a daemon that exits is not started again; `false` lets the supervisor
+    /// start it as usual.
+    pub fn hold_restarts(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
+    }
+
+    /// Power cut: SIGKILL the daemon (no clean-up of its own), then wait until the
+    /// supervisor's next one serves CRI, as after a reboot.
+    pub fn kill_and_boot(&self) {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGKILL, "a power cut");
+    }
+
+    fn signal_and_wait(&self, signal: nix::sys::signal::Signal, what: &str) {
         let old = self.pid();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(old as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.pid() == old || self.pid() == 0 {
-            assert!(Instant::now() < deadline, "containerd was not restarted");
+            assert!(
+                Instant::now() < deadline,
+                "containerd was not started after {what}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.wait_serving(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("containerd after a restart: {e}\n{}", self.log_tail()));
+            .unwrap_or_else(|e| panic!("containerd after {what}: {e}\n{}", self.log_tail()));
     }
 
     /// The current daemon's PID (0 while being restarted).

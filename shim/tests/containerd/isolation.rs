@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testbed::containerd::WASMTIME_RUNTIME;
+use testbed::reliability::record;
 use testbed::versions::DebPackage;
 
 use crate::fixtures;
@@ -26,6 +27,7 @@ const EPERM: i32 = 63;
 
 fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
     let bed = Bed::start(v);
+    let mut outside = Vec::new();
     let host = bed.work.path().join("host");
     let (ro, rw) = (host.join("ro"), host.join("rw"));
     std::fs::create_dir_all(&ro).unwrap();
@@ -81,7 +83,22 @@ fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
             "{path} must be unreachable: {}",
             r.describe()
         );
+        outside.push(format!("{path}: errno {}", r.code()));
     }
+    record(
+        "shim",
+        &format!(
+            "guest writes to a read-only mount and the read-only rootfs, reads the host by its path and by `..` out of a mount ({})",
+            v.dir
+        ),
+        "read-only mount and rootfs refuse writes, the rw mount takes them; nothing outside the mounts is reachable",
+        &format!(
+            "write /ro: errno {}, write /: exit {}, write /rw: ok; {}",
+            denied.code(),
+            root.code(),
+            outside.join(", ")
+        ),
+    );
 }
 
 /// The guest escape cases of reading: the shim's environment through `/proc/self/environ`
@@ -89,6 +106,7 @@ fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
 /// planted in a mount (absolute, and climbing out), and `/etc/shadow`.
 fn guest_reads_no_host_secret_through_proc_or_symlinks(v: DebPackage) {
     let bed = Bed::start(v);
+    let mut seen = Vec::new();
     let rw = bed.work.path().join("planted");
     std::fs::create_dir_all(&rw).unwrap();
     std::os::unix::fs::symlink("/etc", rw.join("abs")).unwrap();
@@ -111,6 +129,11 @@ fn guest_reads_no_host_secret_through_proc_or_symlinks(v: DebPackage) {
             "{path} shows the shim's environment: {}",
             r.describe()
         );
+        seen.push(format!(
+            "{path}: exit {}, {} bytes",
+            r.code(),
+            r.stdout().len()
+        ));
     }
     for path in ["/rw/abs/hostname", "/rw/up/hostname", "/etc/shadow"] {
         let r = read(path);
@@ -124,7 +147,17 @@ fn guest_reads_no_host_secret_through_proc_or_symlinks(v: DebPackage) {
             "{path}: {}",
             r.describe()
         );
+        seen.push(format!("{path}: errno {}", r.code()));
     }
+    record(
+        "shim",
+        &format!(
+            "guest reads /proc/self/environ, /proc/1/environ, /etc/shadow, and host files through absolute and climbing symlinks planted in its mount ({})",
+            v.dir
+        ),
+        "no byte of the shim's (containerd's) environment, no host file",
+        &seen.join("; "),
+    );
 }
 
 fn memory_limit_exceeded_exits_137(v: DebPackage) {
@@ -168,12 +201,22 @@ fn memory_limit_exceeded_exits_137(v: DebPackage) {
         "{}",
         events.text()
     );
+    record(
+        "shim",
+        &format!(
+            "guest grows its memory to 64 MiB under a 32 MiB limit ({})",
+            v.dir
+        ),
+        "trapped by the shim's limiter; exit 137; /tasks/oom before /tasks/exit (kubelet: OOMKilled); without a limit it completes",
+        "exit 137 \"above the container limit\", /tasks/oom then /tasks/exit; unlimited run exit 0, no OOM event",
+    );
 }
 
 /// A guest spinning without host calls (only epoch interruption can stop it) and one
 /// blocked in a host call: both end 143 within a second of `ctr task kill`.
 fn sigterm_exits_143_within_a_second(v: DebPackage) {
     let bed = Bed::start(v);
+    let mut took_ms = Vec::new();
     for fixture in ["spin", "sleep"] {
         bed.import(&wasm_image(fixture, &fixtures::wat(fixture)));
         let id = unique(fixture);
@@ -202,5 +245,15 @@ fn sigterm_exits_143_within_a_second(v: DebPackage) {
             took < Duration::from_secs(1),
             "{fixture}: SIGTERM -> exit took {took:?}"
         );
+        took_ms.push(format!("{fixture}: 143 after {} ms", took.as_millis()));
     }
+    record(
+        "shim",
+        &format!(
+            "guest spins forever without host calls, and one blocks in a host call; SIGTERM ({})",
+            v.dir
+        ),
+        "both stopped (epoch interruption), exit 143 within 1 s",
+        &took_ms.join(", "),
+    );
 }

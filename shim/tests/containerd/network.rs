@@ -93,6 +93,15 @@ fn network_is_denied_by_default_and_allowed_by_the_container_env(v: DebPackage) 
     // an unknown value does not open anything
     assert_denied(&bed, Some("WASMRUNTIME_NETWORK=yes"));
     assert_allowed(&bed, Some("WASMRUNTIME_NETWORK=allow"));
+    testbed::reliability::record(
+        "shim",
+        &format!(
+            "guest opens a TCP connection to a listener on the host's loopback with networking denied (default, `deny`, an unknown value) ({})",
+            v.dir
+        ),
+        "socket refused with access-denied, the listener sees no connection; allowed only by WASMRUNTIME_NETWORK=allow",
+        "3 denied runs: exit 1 \"denied: access-denied\", listener saw nothing; allowed run: connected, message received",
+    );
 }
 
 fn node_default_from_options_json_allows_and_the_container_env_still_denies(v: DebPackage) {

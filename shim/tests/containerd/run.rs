@@ -2,6 +2,7 @@
 
 use testbed::containerd::WASMTIME_RUNTIME;
 use testbed::oci::{ArtifactKind, RootfsImage, VARIANT_ANNOTATION, WasmArtifact};
+use testbed::reliability::record;
 use testbed::versions::DebPackage;
 
 use crate::fixtures;
@@ -184,6 +185,18 @@ fn non_wasm_entrypoint_is_a_clear_error(v: DebPackage) {
         run.describe(),
         bed.ctrd.log()
     );
+    record(
+        "input",
+        &format!(
+            "image whose entrypoint `/app.wasm` is plain text ({})",
+            v.dir
+        ),
+        "the container fails naming the file and the magic bytes expected",
+        &format!(
+            "exit {}: \"/app.wasm is not a WebAssembly module or component\" (expects 00 61 73 6d)",
+            run.code()
+        ),
+    );
 }
 
 /// Hostile or broken modules end with a clear reason on the container's stderr and an exit
@@ -206,11 +219,22 @@ fn malformed_modules_fail_clearly(v: DebPackage) {
             "above the container limit",
         ),
     ];
+    let mut seen = Vec::new();
     for (image, flags, code, reason) in cases {
         let run = bed.run(WASMTIME_RUNTIME, flags, &image_name(image), &[]);
         assert_eq!(run.code(), code, "{image}: {}", run.describe());
         assert!(run.stderr().contains(reason), "{image}: {}", run.describe());
+        seen.push(format!("{image}: exit {} \"{reason}\"", run.code()));
     }
     let after = bed.run(WASMTIME_RUNTIME, &[], &image_name("hello"), &[]);
     assert_eq!(after.code(), 0, "{}", after.describe());
+    record(
+        "input",
+        &format!(
+            "malformed images: truncated module, component importing an unknown function, a 4 GiB memory section under a 32 MiB limit ({})",
+            v.dir
+        ),
+        "each container fails with its reason on stderr and its own exit code; the next container runs",
+        &format!("{}; next hello: exit {}", seen.join(", "), after.code()),
+    );
 }
