@@ -83,7 +83,8 @@ fn bind_mounts_keep_their_mode_and_nothing_else_is_reachable(v: DebPackage) {
             "{path} must be unreachable: {}",
             r.describe()
         );
-        outside.push(format!("{path}: errno {}", r.code()));
+        let shown = path.replace(&bed.work.path().display().to_string(), "<host>");
+        outside.push(format!("{shown}: errno {}", r.code()));
     }
     record(
         "shim",
@@ -129,10 +130,12 @@ fn guest_reads_no_host_secret_through_proc_or_symlinks(v: DebPackage) {
             "{path} shows the shim's environment: {}",
             r.describe()
         );
+        let text = r.stdout();
+        let readable = text.chars().filter(|c| *c != '\0').count();
         seen.push(format!(
-            "{path}: exit {}, {} bytes",
+            "{path}: exit {}, {} bytes, {readable} of them not NUL (the block is zeroed)",
             r.code(),
-            r.stdout().len()
+            text.len()
         ));
     }
     for path in ["/rw/abs/hostname", "/rw/up/hostname", "/etc/shadow"] {
