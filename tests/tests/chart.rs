@@ -438,3 +438,63 @@ async fn pod_security_restricted_operator_privileged_installer() -> Result<()> {
     );
     Ok(())
 }
+
+/// The installer pod's access to the node and the cluster is exactly what docs/security.md
+/// states: no API token or other credential, the host's `/` at `/host` (and no other host
+/// path), hostPID, no host network or IPC; for install and uninstall pods alike.
+#[test]
+fn installer_pod_has_no_credentials_and_only_the_documented_host_access() -> Result<()> {
+    let settings = Settings {
+        installer_namespace: INSTALLER_NAMESPACE.into(),
+        default_installer_image: "ghcr.io/wasmruntime/wasm-installer:0.1.0".into(),
+    };
+    let runtime = WasmRuntime::new("wasmtime", WasmRuntimeSpec::default());
+    let mut seen = Vec::new();
+    for role in [Role::Install, Role::Uninstall] {
+        let ds = resources::daemonset(&runtime, role, &settings);
+        let pod = serde_json::to_value(ds.spec.template.spec.context("pod spec")?)?;
+        ensure!(pod["automountServiceAccountToken"] == false, "{pod}");
+        ensure!(pod.get("serviceAccountName").is_none(), "{pod}");
+        ensure!(pod["hostPID"] == true, "{pod}");
+        ensure!(
+            pod.get("hostNetwork").is_none() && pod.get("hostIPC").is_none(),
+            "{pod}"
+        );
+        let volumes = pod["volumes"].as_array().context("volumes")?;
+        let host_paths: Vec<&Value> = volumes.iter().map(|v| &v["hostPath"]["path"]).collect();
+        ensure!(host_paths == [&json!("/")], "host paths {host_paths:?}");
+        ensure!(volumes.len() == 1, "{volumes:?}");
+        let containers = pod["containers"].as_array().context("containers")?;
+        ensure!(
+            containers.len() == 1 && pod.get("initContainers").is_none(),
+            "{pod}"
+        );
+        let c = &containers[0];
+        ensure!(c.get("envFrom").is_none(), "{c}");
+        for env in c["env"].as_array().into_iter().flatten() {
+            let from = &env["valueFrom"];
+            ensure!(
+                from.is_null() || from.get("fieldRef").is_some(),
+                "only downward-API values, no secrets or config maps: {env}"
+            );
+        }
+        let mounts: Vec<&Value> = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| &m["mountPath"])
+            .collect();
+        ensure!(mounts == [&json!("/host")], "{mounts:?}");
+        seen.push(format!(
+            "{role:?}: token none, host paths {host_paths:?} at {mounts:?}, hostPID, privileged {}",
+            c["securityContext"]["privileged"]
+        ));
+    }
+    testbed::reliability::record(
+        "privilege",
+        "the installer and uninstaller pod specs as the operator renders them",
+        "no service-account token or other credential; one host path (the host's `/` at /host, see docs/security.md for why not fewer), hostPID, no host network or IPC",
+        &seen.join("; "),
+    );
+    Ok(())
+}
