@@ -60,7 +60,12 @@ pub fn record_in(dir: &std::path::Path, area: &str, fault: &str, expected: &str,
         observed: observed.into(),
         test: test_name(),
     };
-    let line = serde_json::to_string(&row).expect("plain strings serialize");
+    record_row(dir, &row);
+}
+
+/// Appends `row` (with its own test name: the end-to-end suite is no test process).
+pub fn record_row(dir: &std::path::Path, row: &Row) {
+    let line = serde_json::to_string(row).expect("plain strings serialize");
     // One file per test process: no two writers share a file.
     let file = dir.join(format!("{}.jsonl", std::process::id()));
     let written = std::fs::create_dir_all(dir).and_then(|()| {

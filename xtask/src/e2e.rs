@@ -60,13 +60,40 @@ pub struct Run {
     pub steps: Vec<(String, Duration)>,
     /// Requests and failed requests through the Service during the day-2 re-roll.
     pub load: Vec<(String, u64, u64)>,
+    /// Rows of docs/reliability.md this run proved.
+    pub findings: Vec<Finding>,
 }
 
-pub fn run(versions: &[String], record: bool, keep: bool) -> Result<()> {
+/// A fault the suite injected through the real cluster, and what it saw.
+pub struct Finding {
+    pub step: &'static str,
+    pub area: &'static str,
+    pub fault: &'static str,
+    pub expected: &'static str,
+    pub observed: String,
+}
+
+/// `rows`: where `cargo xtask test` collects the rows of docs/reliability.md.
+pub fn run(
+    versions: &[String],
+    record: bool,
+    keep: bool,
+    rows: Option<&std::path::Path>,
+) -> Result<()> {
     let started = Instant::now();
     let mut runs = Vec::new();
     for v in versions {
         let run = run_version(v).with_context(|| format!("e2e on containerd {v}"))?;
+        for f in run.findings.iter().filter(|_| rows.is_some()) {
+            let row = ::testbed::reliability::Row {
+                area: f.area.into(),
+                fault: format!("{} (containerd {}, real kubelet)", f.fault, run.containerd),
+                expected: f.expected.into(),
+                observed: f.observed.clone(),
+                test: format!("xtask e2e ({}) {}", run.containerd, f.step),
+            };
+            ::testbed::reliability::record_row(rows.expect("filtered"), &row);
+        }
         runs.push(run);
     }
     if !keep {
@@ -87,6 +114,7 @@ fn run_version(containerd: &str) -> Result<Run> {
         containerd: containerd.to_owned(),
         steps: Vec::new(),
         load: Vec::new(),
+        findings: Vec::new(),
     };
     let mut lap = Instant::now();
     let mut done = |run: &mut Run, what: &str| {
@@ -113,14 +141,16 @@ fn run_version(containerd: &str) -> Result<Run> {
         &mut run,
         "3 wasi:http via Service IP and port-forward, runc beside",
     );
-    step4_limits(node)?;
+    run.findings.extend(step4_limits(node)?);
     done(
         &mut run,
         "4 ConfigMap ro, memory limit 137 OOMKilled, graceful delete 143",
     );
     run.load.push(step5_day2(node, service)?);
     done(&mut run, "5 day-2 re-roll under HTTP load");
-    run.load.push(step6_broken(node, service)?);
+    let (load, finding) = step6_broken(node, service)?;
+    run.load.push(load);
+    run.findings.push(finding);
     done(
         &mut run,
         "6 broken install rolled back, node excluded, HTTP pod kept",
@@ -280,7 +310,7 @@ fn step3_http(node: &Node) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn step4_limits(node: &Node) -> Result<()> {
+fn step4_limits(node: &Node) -> Result<Vec<Finding>> {
     let config = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "e2e-config", "namespace": "default"},
@@ -317,6 +347,13 @@ fn step4_limits(node: &Node) -> Result<()> {
         "growing past the limit: exit {code} ({reason}); want 137 (OOMKilled)"
     );
     eprintln!("e2e: memory limit: exit 137, reason {reason:?}");
+    let mut findings = vec![Finding {
+        step: "4",
+        area: "shim",
+        fault: "a Wasm Job grows its memory past its 32Mi limit",
+        expected: "the container ends 137 and kubelet reports OOMKilled, as for runc",
+        observed: format!("exit {code}, reason {reason}"),
+    }];
 
     let mut sleep = pod(workload("sleep.wasm"), &[]);
     sleep["terminationGracePeriodSeconds"] = json!(30);
@@ -341,6 +378,13 @@ fn step4_limits(node: &Node) -> Result<()> {
         "deleted with a 30 s grace period, the guest exited {code} after {took:.1?} (143: SIGTERM ended it; 137: it was killed when the grace period ran out)"
     );
     eprintln!("e2e: graceful delete: exit 143 after {took:.1?} (grace period 30 s)");
+    findings.push(Finding {
+        step: "4",
+        area: "shim",
+        fault: "a Wasm pod blocked in a host call is deleted with a 30 s grace period",
+        expected: "SIGTERM ends the guest: exit 143 long before the grace period",
+        observed: format!("exit {code} after {:.1} s", took.as_secs_f64()),
+    });
     for j in [
         "e2e-compat",
         "e2e-component",
@@ -354,7 +398,7 @@ fn step4_limits(node: &Node) -> Result<()> {
             &["delete", "job", j, "--cascade=foreground", "--wait=true"],
         )?;
     }
-    Ok(())
+    Ok(findings)
 }
 
 /// The wasi:http pod's uid and its container's restart count: the same before and after
@@ -413,7 +457,7 @@ fn step5_day2(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
 /// The broken install restarts containerd twice (install, rollback) while the wasi:http
 /// Deployment serves under load: the running Wasm pod must come through both restarts
 /// untouched (same pod, no container restart, no failed request).
-fn step6_broken(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> {
+fn step6_broken(node: &Node, service: SocketAddr) -> Result<((String, u64, u64), Finding)> {
     let before = http_pod(node)?;
     let load = Load::start(service);
     let mut broken: serde_yaml::Value = serde_yaml::from_str(&up::adapted_sample(node)?)?;
@@ -528,10 +572,27 @@ fn step6_broken(node: &Node, service: SocketAddr) -> Result<(String, u64, u64)> 
             "--timeout=300s",
         ],
     )?;
+    let finding = Finding {
+        step: "6",
+        area: "operator",
+        fault: "a WasmRuntime whose installer writes an entry containerd rejects, while a wasi:http Deployment of another WasmRuntime serves under load on the node",
+        expected: "rolled back on the node (containerd restarted twice), node labelled failed with the message in status, its RuntimeClass schedules nowhere; the running Wasm pod keeps its uid and restart count and no request fails",
+        observed: format!(
+            "node label {label}, message: {failure}; {requests} requests, {failed} failed; pod uid and restarts {}",
+            if after == before {
+                "unchanged"
+            } else {
+                "changed"
+            }
+        ),
+    };
     Ok((
-        "broken install: two containerd restarts (step 6)".into(),
-        requests,
-        failed,
+        (
+            "broken install: two containerd restarts (step 6)".into(),
+            requests,
+            failed,
+        ),
+        finding,
     ))
 }
 
@@ -1099,6 +1160,7 @@ mod tests {
             containerd: v.into(),
             steps: vec![("1 install".into(), Duration::from_millis(1500))],
             load: vec![("day-2".into(), 100, 0)],
+            findings: Vec::new(),
         };
         let text = report(&[run("2"), run("1.7")]);
         assert!(

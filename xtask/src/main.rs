@@ -149,7 +149,7 @@ fn main() -> Result<()> {
             containerd,
             record,
             keep,
-        } => e2e::run(&containerd, record, keep),
+        } => e2e::run(&containerd, record, keep, None),
         Command::Images { dev, out } => {
             let out = out.unwrap_or_else(|| {
                 std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_default())
@@ -238,8 +238,13 @@ fn test(nextest_args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&rows)?;
     cmd::run(cmd::cargo_command(&args).env(::testbed::reliability::DIR_ENV, &rows))?;
     if nextest_args.is_empty() {
+        e2e::run(
+            &["2".to_owned(), "1.7".to_owned()],
+            false,
+            false,
+            Some(&rows),
+        )?;
         write_reliability_doc(&rows)?;
-        e2e::run(&["2".to_owned(), "1.7".to_owned()], false, false)?;
     }
     eprintln!("xtask test: finished in {:.0?}", started.elapsed());
     Ok(())
