@@ -187,6 +187,15 @@ async fn reconcile(
         Ok(runtime) => Arc::new(runtime.clone()),
         Err(invalid) => return report_unreadable(&guard, invalid, &ctx).await,
     };
+    // A selector no node can satisfy is reported before anything is written to the object,
+    // not even our finalizer: nothing was installed for it yet.
+    let ours = runtime.finalizers().iter().any(|f| f == FINALIZER);
+    if !ours
+        && runtime.metadata.deletion_timestamp.is_none()
+        && let Err(Error::InvalidSpec(msg)) = observe::node_selector(&runtime)
+    {
+        return invalid_spec(&runtime, &ctx, msg).await;
+    }
     let api: Api<WasmRuntime> = Api::all(ctx.client.clone());
     let name = runtime.name_any();
     let result = finalizer(&api, FINALIZER, runtime, |event| async {
@@ -360,6 +369,19 @@ fn cache_caught_up(runtime: &WasmRuntime, ctx: &Context) -> bool {
     nodes.is_empty()
 }
 
+/// Degraded/InvalidSpec in status, and the error for the retry policy.
+async fn invalid_spec(runtime: &WasmRuntime, ctx: &Context, msg: String) -> Result<Action, Error> {
+    publish_status(
+        runtime,
+        ctx,
+        &Plan::default(),
+        false,
+        Some(Blocker::InvalidSpec(msg.clone())),
+    )
+    .await?;
+    Err(Error::InvalidSpec(msg))
+}
+
 async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
     if !cache_caught_up(runtime, ctx) {
         return Ok(Action::requeue(Duration::from_millis(200)));
@@ -379,17 +401,7 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
     }
     let plan = match observe_plan(runtime, ctx, false) {
         Ok(plan) => plan,
-        Err(Error::InvalidSpec(msg)) => {
-            publish_status(
-                runtime,
-                ctx,
-                &Plan::default(),
-                false,
-                Some(Blocker::InvalidSpec(msg.clone())),
-            )
-            .await?;
-            return Err(Error::InvalidSpec(msg));
-        }
+        Err(Error::InvalidSpec(msg)) => return invalid_spec(runtime, ctx, msg).await,
         Err(e) => return Err(e),
     };
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());

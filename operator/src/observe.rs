@@ -152,12 +152,83 @@ fn termination_message(terminated: &ContainerStateTerminated) -> String {
     }
 }
 
-/// The node selector of a runtime; unset selects every node.
+/// The node selector of a runtime; unset selects every node. A key or value no node label
+/// can have is an error, not a selector that quietly matches nothing (a typo would
+/// otherwise look like a finished rollout of zero nodes).
 pub fn node_selector(runtime: &WasmRuntime) -> Result<Selector, Error> {
-    match &runtime.spec.node_selector {
-        None => Ok(Selector::from_iter(std::iter::empty::<Expression>())),
-        Some(selector) => Selector::try_from(selector.clone())
-            .map_err(|e| Error::InvalidSpec(format!("spec.nodeSelector: {e}"))),
+    let invalid = |e: String| Error::InvalidSpec(format!("spec.nodeSelector: {e}"));
+    let Some(selector) = &runtime.spec.node_selector else {
+        return Ok(Selector::from_iter(std::iter::empty::<Expression>()));
+    };
+    for (key, value) in selector.match_labels.iter().flatten() {
+        label_key(key).map_err(invalid)?;
+        label_value(key, value).map_err(invalid)?;
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        label_key(&e.key).map_err(invalid)?;
+        for value in e.values.iter().flatten() {
+            label_value(&e.key, value).map_err(invalid)?;
+        }
+    }
+    Selector::try_from(selector.clone()).map_err(|e| invalid(e.to_string()))
+}
+
+/// Kubernetes' label name syntax: up to 63 of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
+fn label_name_ok(name: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && alnum(name.chars().next())
+        && alnum(name.chars().last())
+}
+
+/// `[prefix/]name`, the prefix a DNS subdomain of at most 253 characters.
+fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let prefix_ok = prefix.is_empty()
+        || (prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            }));
+    if prefix_ok && label_name_ok(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a valid label key ([DNS-subdomain prefix/]name, the name at most 63 \
+             characters of letters, digits, '-', '_', '.', beginning and ending with a letter \
+             or digit)",
+            shorten(key)
+        ))
+    }
+}
+
+fn label_value(key: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || label_name_ok(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the value {:?} of {:?} is not a valid label value (at most 63 characters of \
+             letters, digits, '-', '_', '.', beginning and ending with a letter or digit), so \
+             no node can match it",
+            shorten(value),
+            shorten(key)
+        ))
+    }
+}
+
+/// At most 80 characters of a user's string, for messages (a value may be megabytes).
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((at, _)) => format!("{}... ({} bytes)", &s[..at], s.len()),
+        None => s.to_owned(),
     }
 }
 

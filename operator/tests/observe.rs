@@ -62,3 +62,70 @@ fn pruning_keeps_the_report(#[case] name: &str, #[case] want: &str) {
         size(&pod)
     );
 }
+
+/// Selectors no node label can satisfy are spec errors naming the culprit; valid ones
+/// (including empty values and prefixed keys) pass.
+#[rstest]
+#[case(r#"{"matchLabels": {"pool": "wasm"}}"#, None)]
+#[case(r#"{"matchLabels": {"example.com/pool": ""}}"#, None)]
+#[case(
+    r#"{"matchExpressions": [{"key": "a.b/c_d", "operator": "In", "values": ["x-1", "Y.2"]}]}"#,
+    None
+)]
+#[case(
+    r#"{"matchLabels": {"a": "not a label value!"}}"#,
+    Some("the value \"not a label value!\" of \"a\" is not a valid label value")
+)]
+#[case(
+    r#"{"matchLabels": {"-a": "b"}}"#,
+    Some("\"-a\" is not a valid label key")
+)]
+#[case(
+    r#"{"matchLabels": {"Example.com/a": "b"}}"#,
+    Some("\"Example.com/a\" is not a valid label key")
+)]
+#[case(
+    r#"{"matchExpressions": [{"key": "a", "operator": "In", "values": ["ok", "x/y"]}]}"#,
+    Some("the value \"x/y\"")
+)]
+#[case(
+    r#"{"matchExpressions": [{"key": "a", "operator": "Sometimes", "values": ["b"]}]}"#,
+    Some("Invalid expression operator")
+)]
+fn node_selector_rejects_what_no_label_can_match(
+    #[case] selector: &str,
+    #[case] error: Option<&str>,
+) {
+    let selector: serde_json::Value = serde_json::from_str(selector).unwrap();
+    let runtime: wasm_operator::api::WasmRuntime = serde_json::from_value(serde_json::json!({
+        "apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime",
+        "metadata": {"name": "t"}, "spec": {"nodeSelector": selector}
+    }))
+    .unwrap();
+    match (wasm_operator::observe::node_selector(&runtime), error) {
+        (Ok(_), None) => {}
+        (Err(e), Some(want)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("spec.nodeSelector") && msg.contains(want),
+                "{msg}"
+            );
+        }
+        (got, want) => panic!("{selector}: got {:?}, want error {want:?}", got.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_megabyte_label_value_is_named_shortly() {
+    let runtime: wasm_operator::api::WasmRuntime = serde_json::from_value(serde_json::json!({
+        "apiVersion": "wasmruntime.dev/v1alpha1", "kind": "WasmRuntime",
+        "metadata": {"name": "t"},
+        "spec": {"nodeSelector": {"matchLabels": {"a": "b".repeat(1 << 20)}}}
+    }))
+    .unwrap();
+    let msg = wasm_operator::observe::node_selector(&runtime)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.len() < 400 && msg.contains("(1048576 bytes)"), "{msg}");
+}

@@ -85,6 +85,8 @@ pub struct TestCluster {
     pki: Pki,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
+    /// What kube-apiserver was started with, for [`TestCluster::restart_apiserver`].
+    apiserver_args: Vec<String>,
 }
 
 impl TestCluster {
@@ -118,6 +120,7 @@ impl TestCluster {
             pki,
             dir: Some(dir),
             path,
+            apiserver_args: Vec::new(),
         };
         cluster.launch(
             "etcd",
@@ -129,6 +132,7 @@ impl TestCluster {
         if options.audit_operator_writes {
             apiserver_args.extend(cluster.audit_args()?);
         }
+        cluster.apiserver_args = apiserver_args.clone();
         cluster.launch(
             "kube-apiserver",
             paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"),
@@ -211,6 +215,24 @@ impl TestCluster {
             .iter()
             .find(|c| c.name == component)
             .map(Component::pid)
+    }
+
+    /// SIGKILL kube-apiserver and start it again on the same address, etcd and arguments;
+    /// returns once it is ready. Every client's connections and watches are cut.
+    pub async fn restart_apiserver(&mut self) -> Result<(), Error> {
+        let at = self
+            .components
+            .iter()
+            .position(|c| c.name == "kube-apiserver")
+            .expect("every cluster runs kube-apiserver");
+        self.components[at].stop();
+        self.components[at] = Component::spawn(
+            "kube-apiserver",
+            &paths::go_bin(&KUBERNETES_BUILD, "kube-apiserver"),
+            &self.apiserver_args,
+            &self.path,
+        )?;
+        self.wait_readyz().await
     }
 
     /// The CA certificate (PEM) that signed the apiserver's serving certificate.

@@ -97,6 +97,12 @@ impl Env {
 
     /// Start the operator binary (again); it finds the API through KUBECONFIG.
     pub fn start_operator(&mut self, extra: &[&str]) -> Result<()> {
+        let kubeconfig = self.cluster.operator_kubeconfig();
+        self.start_operator_via(&kubeconfig, extra)
+    }
+
+    /// [`Self::start_operator`] with another kubeconfig (say, one that goes through a proxy).
+    pub fn start_operator_via(&mut self, kubeconfig: &Path, extra: &[&str]) -> Result<()> {
         let port = 20000 + (std::process::id() % 20000) as u16;
         let log = std::fs::File::create(self.cluster.dir().join("operator.log"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_wasm-operator"))
@@ -109,7 +115,7 @@ impl Env {
             ])
             .arg(format!("--metrics-addr={}:{port}", self.cluster.address()))
             .args(extra)
-            .env("KUBECONFIG", self.cluster.operator_kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,wasm_operator=debug")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -133,6 +139,13 @@ impl Env {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the operator process is still running (it did not crash).
+    pub fn operator_running(&mut self) -> bool {
+        self.operator
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn operator_log(&self) -> String {
@@ -211,10 +224,14 @@ impl Env {
         let sink = history.clone();
         let nodes: Api<Node> = Api::all(self.client.clone());
         tokio::spawn(async move {
+            // Through apiserver restarts and cut connections too: errors are retried, and
+            // the re-list repeats values the history already holds (not recorded twice).
             let mut stream = watcher(nodes, watcher::Config::default())
+                .default_backoff()
                 .applied_objects()
                 .boxed();
-            while let Some(Ok(node)) = stream.next().await {
+            while let Some(item) = stream.next().await {
+                let Ok(node) = item else { continue };
                 let value = node
                     .metadata
                     .labels
@@ -271,6 +288,16 @@ impl LabelHistory {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every value recorded on any node, in order.
+    pub fn of_all(&self) -> Vec<Option<String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn of(&self, node: &str) -> Vec<Option<String>> {
