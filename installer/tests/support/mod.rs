@@ -223,7 +223,12 @@ impl Containerd {
 
     fn signal_and_wait(&self, signal: nix::sys::signal::Signal, what: &str) {
         let old = self.pid();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal).unwrap();
+        // ESRCH: it exited on its own meanwhile (the installer's restart); the supervisor
+        // starts the next one all the same
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => panic!("signalling containerd {old} for {what}: {e}"),
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.pid() == old || self.pid() == 0 {
             assert!(
