@@ -15,6 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -67,6 +68,21 @@ pub struct Context {
 /// Per node: the label value we wrote and when.
 pub type Expectations = HashMap<String, (Option<NodeState>, Instant)>;
 
+/// Retry delays of the node and pod watches, whose caches every plan reads: kube's
+/// default shape, but at most 5 s apart and calm again after 10 s. kube's default (up to
+/// 30 s apart, escalating for 2 min) left the pod cache stale for over 2 min after an
+/// apiserver restart on a loaded machine: the rollout waited on a Ready pod it could not
+/// see.
+fn cache_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .with_jitter();
+    ResetTimerBackoff::new(delays.into(), Duration::from_secs(10))
+}
+
 /// Run the controller until shutdown.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
     let runtimes: Api<DeserializeGuard<WasmRuntime>> = Api::all(client.clone());
@@ -81,7 +97,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(cache_backoff())
     // Only names and labels are read; managed fields dominate a node's metadata.
     .modify(|node| {
         node.metadata.managed_fields = None;
@@ -97,7 +113,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         Api::<Pod>::namespaced(client.clone(), &settings.installer_namespace),
         installer_pods,
     )
-    .default_backoff()
+    .backoff(cache_backoff())
     .modify(observe::prune_pod)
     .reflect(pod_writer)
     .applied_objects();
