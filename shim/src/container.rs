@@ -106,6 +106,21 @@ fn op_in_zygote((id, op): (String, Op)) -> Result<(), WireError> {
     result.map_err(zygote_err)
 }
 
+/// Asks the zygote to drop the clean code pages it no longer runs ([`crate::trim`]).
+pub fn trim_zygote() {
+    match Zygote::global().try_run(trim_in_zygote, ()) {
+        Ok(Ok(bytes)) => {
+            tracing::debug!("zygote: dropped {} KiB of clean code pages", bytes / 1024)
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "zygote: cannot drop clean code pages"),
+        Err(e) => tracing::warn!(error = %e, "zygote: cannot drop clean code pages"),
+    }
+}
+
+fn trim_in_zygote((): ()) -> Result<u64, WireError> {
+    crate::trim::release().map_err(WireError::from)
+}
+
 /// Creates the container (its init waits for [`start`]) and returns its pid.
 pub fn create(args: CreateArgs) -> Result<Created, WireError> {
     let (pid, oom) = Zygote::global()
@@ -117,26 +132,102 @@ pub fn create(args: CreateArgs) -> Result<Created, WireError> {
     })
 }
 
-fn create_in_zygote(args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireError> {
+fn create_in_zygote(mut args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireError> {
+    let layers = Arc::new(std::mem::take(&mut args.layers));
     let (oom_read, oom_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+    let mut attempt = 1;
+    let container = loop {
+        match build(&args, &layers, &oom_write) {
+            Ok(c) => break c,
+            Err(e) if is_ready_race(&e) && attempt < CREATE_ATTEMPTS => {
+                tracing::warn!(
+                    id = args.id,
+                    attempt,
+                    "libcontainer lost the ready race; cleaning up and retrying: {e}"
+                );
+                clean_after_race(&args);
+                attempt += 1;
+            }
+            Err(e) => return Err(std::io::Error::other(e).into()),
+        }
+    };
+    // Every builder (and with it every copy of the write end but ours) is gone; dropping
+    // ours leaves the init the only holder.
+    drop(oom_write);
+    let pid = container
+        .pid()
+        .ok_or_else(|| std::io::Error::other("libcontainer created no init process"))?;
+    CONTAINERS.with_borrow_mut(|all| all.insert(args.id, container));
+    Ok((pid.as_raw() as u32, WireFd::new(oom_read)))
+}
+
+/// libcontainer 0.6 has the intermediate and the init process report to the zygote on
+/// one channel; under CPU contention the init's `InitReady` can overtake the
+/// intermediate's `IntermediateReady` and `build` fails (youki PR #3504, not released).
+/// One in a few hundred creates hit it with 200 containers starting at once on 2 CPUs.
+const CREATE_ATTEMPTS: usize = 3;
+
+fn is_ready_race(error: &str) -> bool {
+    error.contains("unexpected message: InitReady")
+}
+
+/// After a lost ready race the init libcontainer created still waits in the container's
+/// cgroup for a start that cannot come (youki removed its state): kill what the cgroup
+/// holds (the shim's reaper collects it), then remove the cgroup and any state left.
+fn clean_after_race(args: &CreateArgs) {
+    use libcgroups::common::{CgroupConfig, CgroupManager as _, create_cgroup_manager};
+    let spec = match Spec::load(args.bundle.join("config.json")) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the spec to clean up"),
+    };
+    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let config = CgroupConfig {
+        cgroup_path: path.unwrap_or_else(|| format!(":youki:{}", args.id).into()),
+        systemd_cgroup: args.systemd_cgroup,
+        container_name: args.id.clone(),
+    };
+    match create_cgroup_manager(config) {
+        Ok(manager) => {
+            for pid in manager.get_all_pids().unwrap_or_default() {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid.as_raw()) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            // removal retries while the killed processes leave the cgroup
+            if let Err(e) = manager.remove() {
+                tracing::warn!(error = %e, "cannot remove the cgroup of a failed create");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot open the cgroup of a failed create"),
+    }
+    let _ = std::fs::remove_dir_all(args.root.join(&args.id));
+}
+
+/// One libcontainer build of the container described by `args`.
+fn build(
+    args: &CreateArgs,
+    layers: &Arc<Vec<WasmLayer>>,
+    oom_write: &OwnedFd,
+) -> Result<Youki, String> {
     let executor = Executor {
         id: Arc::new(args.id.clone()),
-        layers: Arc::new(args.layers),
-        oom: Arc::new(oom_write),
+        layers: layers.clone(),
+        oom: Arc::new(oom_write.try_clone().map_err(|e| e.to_string())?),
     };
     // Read and write, as containerd's own shims open the stdio fifos: a fifo opened for
     // one direction alone blocks until the other end is open.
-    let open = |p: &Option<PathBuf>| -> std::io::Result<Option<File>> {
+    let open = |p: &Option<PathBuf>| -> Result<Option<File>, String> {
         p.as_ref()
             .filter(|p| !p.as_os_str().is_empty())
             .map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p))
             .transpose()
+            .map_err(|e| e.to_string())
     };
     let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
         .with_executor(executor)
         .with_root_path(&args.root)
-        .map_err(std::io::Error::other)?;
+        .map_err(|e| e.to_string())?;
     if let Some(f) = open(&args.stdin)? {
         builder = builder.with_stdin(f);
     }
@@ -146,18 +237,12 @@ fn create_in_zygote(args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireErro
     if let Some(f) = open(&args.stderr)? {
         builder = builder.with_stderr(f);
     }
-    let container = builder
+    builder
         .as_init(&args.bundle)
         .as_sibling(true)
         .with_systemd(args.systemd_cgroup)
         .build()
-        .map_err(std::io::Error::other)?;
-    // The builder (and our copy of the write end) is gone: only the init holds it now.
-    let pid = container
-        .pid()
-        .ok_or_else(|| std::io::Error::other("libcontainer created no init process"))?;
-    CONTAINERS.with_borrow_mut(|all| all.insert(args.id, container));
-    Ok((pid.as_raw() as u32, WireFd::new(oom_read)))
+        .map_err(|e| e.to_string())
 }
 
 pub fn start(id: &str) -> Result<(), WireError> {
@@ -342,6 +427,7 @@ impl libcontainer::workload::Executor for Executor {
                     tracing::warn!(error = %e, "cannot clear the inherited environment block");
                 }
                 tracing::info!("running the guest of {}", self.id);
+                crate::trim::after_start(|| crate::trim::release_logged("container init"));
                 let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec)).block_on();
                 tracing::info!("the guest of {} exited with {code}", self.id);
                 if oom {

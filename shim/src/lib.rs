@@ -21,6 +21,7 @@
 //!   the installer from the WasmRuntime).
 //! - [`cache`]: precompiled-module cache, one file cache for every image kind.
 //! - [`shim`]: what the container's init runs: entrypoint, guest configuration, exit.
+//! - [`trim`]: idle processes unmap the clean code pages they no longer run.
 
 pub mod artifact;
 pub mod cache;
@@ -35,6 +36,7 @@ pub mod mounts;
 pub mod options;
 pub mod shim;
 pub mod task;
+pub mod trim;
 
 mod error;
 

@@ -391,6 +391,10 @@ impl Task for Service {
             pid: task.pid,
             ..Default::default()
         });
+        crate::trim::when_quiet(|| {
+            crate::trim::release_logged("shim");
+            container::trim_zygote();
+        });
         Ok(StartResponse {
             pid: task.pid,
             ..Default::default()
