@@ -83,6 +83,37 @@ fn cache_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     ResetTimerBackoff::new(delays.into(), Duration::from_secs(10))
 }
 
+/// Our children of one kind (DaemonSets or RuntimeClasses), as the changes a reconcile must
+/// see ([`observe::ChildChanges`]: not their status).
+fn child_changes<K>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
+    let mut filter = observe::ChildChanges::default();
+    watcher::watcher(api, owned)
+        .backoff(cache_backoff())
+        .flat_map(move |event| {
+            let objects = match event {
+                Ok(event) => filter.on(event).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(objects)
+        })
+}
+
+fn brief<K: Resource>(e: &watcher::Event<K>) -> String {
+    match e {
+        watcher::Event::Apply(o) => format!("apply {:?}", o.meta().resource_version),
+        watcher::Event::Delete(o) => format!("delete {:?}", o.meta().resource_version),
+        watcher::Event::Init => "init".into(),
+        watcher::Event::InitApply(_) => "initapply".into(),
+        watcher::Event::InitDone => "initdone".into(),
+    }
+}
+
 /// Run the controller until shutdown.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
     let runtimes: Api<DeserializeGuard<WasmRuntime>> = Api::all(client.clone());
@@ -98,6 +129,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         watcher::Config::default(),
     )
     .backoff(cache_backoff())
+    .inspect(|e| tracing::debug!(watch = "nodes", event = ?e.as_ref().map(brief), "watch"))
     // Only names and labels are read; managed fields dominate a node's metadata.
     .modify(|node| {
         node.metadata.managed_fields = None;
@@ -114,6 +146,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         installer_pods,
     )
     .backoff(cache_backoff())
+    .inspect(|e| tracing::debug!(watch = "pods", event = ?e.as_ref().map(brief), "watch"))
     .modify(observe::prune_pod)
     .reflect(pod_writer)
     .applied_objects();
@@ -151,7 +184,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         unreadable: Mutex::default(),
         failures: Mutex::default(),
     });
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
         labels
             .get(resources::RUNTIME_LABEL)
@@ -160,14 +192,17 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     controller
         // Not `owns`: that maps a namespaced child to an owner in the child's namespace, and
         // our owner is cluster-scoped.
-        .watches(
-            Api::<DaemonSet>::namespaced(client.clone(), &settings.installer_namespace),
-            owned.clone(),
+        .watches_stream(
+            child_changes(Api::<DaemonSet>::namespaced(
+                client.clone(),
+                &settings.installer_namespace,
+            )),
             move |ds| child_changed(ds.labels()),
         )
-        .watches(Api::<RuntimeClass>::all(client.clone()), owned, move |rc| {
-            child_changed_too(rc.labels())
-        })
+        .watches_stream(
+            child_changes(Api::<RuntimeClass>::all(client.clone())),
+            move |rc| child_changed_too(rc.labels()),
+        )
         // A node's labels matter to every runtime (selection and our state labels).
         .watches_stream(node_events, move |_| {
             all_runtimes
@@ -400,6 +435,7 @@ async fn invalid_spec(runtime: &WasmRuntime, ctx: &Context, msg: String) -> Resu
 
 async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
     if !cache_caught_up(runtime, ctx) {
+        tracing::debug!("the node cache does not show our last label writes yet");
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     if let Some(conflict) = handler_conflict(runtime, ctx).await? {
@@ -420,6 +456,13 @@ async fn apply(runtime: &WasmRuntime, ctx: &Context) -> Result<Action, Error> {
         Err(Error::InvalidSpec(msg)) => return invalid_spec(runtime, ctx, msg).await,
         Err(e) => return Err(e),
     };
+    tracing::debug!(
+        counts = ?plan.counts,
+        transitions = plan.transitions.len(),
+        cached_nodes = ctx.nodes.len(),
+        cached_pods = ctx.pods.len(),
+        "plan"
+    );
     let classes: Api<RuntimeClass> = Api::all(ctx.client.clone());
     let class = resources::runtime_class(runtime);
     apply_child(ctx, runtime, &classes, &runtime.handler(), class).await?;

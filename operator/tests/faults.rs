@@ -61,7 +61,12 @@ async fn apiserver_restart_mid_rollout_resumes_without_repeating_a_transition() 
     let t = Instant::now();
     env.cluster.restart_apiserver().await?;
     let back = t.elapsed();
-    env.wait_runtime("wasmtime", "Ready", is_ready).await?;
+    // On a saturated machine (this suite beside others on 2 CPUs) the operator's node and
+    // pod watches have been seen taking up to 2 min to relist after the restart (the 410
+    // at once, the next list a minute later, 40 s for it) while its other requests were
+    // served; the cause is not pinned down. The row records the time measured.
+    env.wait_runtime_for(Duration::from_secs(300), "wasmtime", "Ready", is_ready)
+        .await?;
     let converged = t.elapsed();
     history.caught_up(&NODES, "provisioned").await?;
     exactly_once(&history, &NODES)?;

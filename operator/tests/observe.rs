@@ -129,3 +129,81 @@ fn a_megabyte_label_value_is_named_shortly() {
         .to_string();
     assert!(msg.len() < 400 && msg.contains("(1048576 bytes)"), "{msg}");
 }
+
+mod child_changes {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use kube::runtime::watcher::Event;
+    use rstest::rstest;
+    use wasm_operator::observe::ChildChanges;
+
+    /// A DaemonSet as the watch delivers it: `generation`, one label, and the status the
+    /// controller-manager keeps rewriting (`ready` pods), with its resource version.
+    fn ds(name: &str, generation: i64, label: &str, ready: i32, version: u32) -> DaemonSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": "wasm-system",
+                "generation": generation,
+                "resourceVersion": version.to_string(),
+                "labels": {"app.kubernetes.io/managed-by": "wasm-operator", "x": label},
+            },
+            "status": {
+                "currentNumberScheduled": ready, "desiredNumberScheduled": 3,
+                "numberMisscheduled": 0, "numberReady": ready,
+                "observedGeneration": generation,
+            },
+        }))
+        .unwrap()
+    }
+
+    fn apply(d: DaemonSet) -> Event<DaemonSet> {
+        Event::Apply(d)
+    }
+
+    #[rstest]
+    #[case::first_sight(vec![apply(ds("a", 1, "v", 0, 1))], vec!["a"])]
+    #[case::status_only(
+        vec![apply(ds("a", 1, "v", 0, 1)), apply(ds("a", 1, "v", 1, 2)), apply(ds("a", 1, "v", 3, 3))],
+        vec!["a"]
+    )]
+    #[case::spec_change(
+        vec![apply(ds("a", 1, "v", 0, 1)), apply(ds("a", 2, "v", 0, 2))],
+        vec!["a", "a"]
+    )]
+    #[case::label_edited(
+        vec![apply(ds("a", 1, "v", 0, 1)), apply(ds("a", 1, "w", 0, 2))],
+        vec!["a", "a"]
+    )]
+    #[case::deleted_and_recreated(
+        vec![apply(ds("a", 1, "v", 0, 1)), Event::Delete(ds("a", 1, "v", 0, 2)), apply(ds("a", 1, "v", 0, 3))],
+        vec!["a", "a", "a"]
+    )]
+    #[case::two_children(
+        vec![apply(ds("a", 1, "v", 0, 1)), apply(ds("b", 1, "v", 0, 2)), apply(ds("b", 1, "v", 2, 3))],
+        vec!["a", "b"]
+    )]
+    // a relist after a watch outage: unchanged children stay quiet, a changed one and one
+    // deleted meanwhile are passed on
+    #[case::relist(
+        vec![
+            apply(ds("a", 1, "v", 0, 1)), apply(ds("b", 1, "v", 0, 2)), apply(ds("c", 1, "v", 0, 3)),
+            Event::Init,
+            Event::InitApply(ds("a", 1, "v", 3, 9)),
+            Event::InitApply(ds("b", 2, "v", 0, 10)),
+            Event::InitDone,
+        ],
+        vec!["a", "b", "c", "b", "c"]
+    )]
+    fn only_content_changes_and_deletions_pass(
+        #[case] events: Vec<Event<DaemonSet>>,
+        #[case] want: Vec<&str>,
+    ) {
+        let mut filter = ChildChanges::default();
+        let passed: Vec<String> = events
+            .into_iter()
+            .flat_map(|e| filter.on(e))
+            .map(|d| d.metadata.name.unwrap())
+            .collect();
+        assert_eq!(passed, want);
+    }
+}

@@ -116,7 +116,10 @@ impl Env {
             .arg(format!("--metrics-addr={}:{port}", self.cluster.address()))
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,wasm_operator=debug")
+            .env(
+                "RUST_LOG",
+                "info,wasm_operator=debug,kube_runtime::watcher=debug",
+            )
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
@@ -176,6 +179,17 @@ impl Env {
         what: &str,
         check: impl Fn(&WasmRuntime) -> bool,
     ) -> Result<WasmRuntime> {
+        self.wait_runtime_for(WAIT, name, what, check).await
+    }
+
+    /// [`Self::wait_runtime`] with its own time limit.
+    pub async fn wait_runtime_for(
+        &self,
+        limit: Duration,
+        name: &str,
+        what: &str,
+        check: impl Fn(&WasmRuntime) -> bool,
+    ) -> Result<WasmRuntime> {
         let started = Instant::now();
         loop {
             if let Some(rt) = self.runtimes().get_opt(name).await?
@@ -183,12 +197,20 @@ impl Env {
             {
                 return Ok(rt);
             }
-            if started.elapsed() > WAIT {
+            if started.elapsed() > limit {
                 let rt = self.runtimes().get_opt(name).await?;
                 let log = self.operator_log();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                // what the installer pods really are, against what the operator saw
+                let pods = self
+                    .cluster
+                    .kubectl()
+                    .args(["get", "pods", "-A", "-o", "wide", "--show-labels"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
                 bail!(
-                    "{name}: {what} not reached in {WAIT:?}; status: {:?}\noperator log:\n{}",
+                    "{name}: {what} not reached in {limit:?}; status: {:?}\npods:\n{pods}\noperator log:\n{}",
                     rt.and_then(|r| r.status),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
