@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -30,16 +31,24 @@ pub struct Figures {
 const CONTROL_PLANE_QPS: u32 = 200;
 
 pub fn run(params: &Params) -> Result<Figures> {
-    cmd::cargo(&["build", "--release", "--locked", "-p", "wasm-operator"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
-    let operator = std::path::Path::new(&target).join("release/wasm-operator");
+    let operator = release_operator()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(measure(params, &operator))
 }
 
-async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures> {
+/// Builds the release operator and returns its path.
+pub(crate) fn release_operator() -> Result<PathBuf> {
+    cmd::cargo(&["build", "--release", "--locked", "-p", "wasm-operator"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
+    Ok(Path::new(&target).join("release/wasm-operator"))
+}
+
+/// The operator benches' cluster: the test bed's full control plane and kwok with the
+/// installer stages, the operator's writes audited, the CRD, the installer namespace and
+/// the kwok nodes of `nodes` (YAML, see [`nodes_yaml`]) created.
+pub(crate) async fn start_cluster(nodes: &str, count: usize) -> Result<TestCluster> {
     let root = cmd::workspace_root();
     let stages = root.join("operator/tests/fixtures/kwok-pod-stages.yaml");
     let options = ClusterOptions {
@@ -49,38 +58,50 @@ async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures>
         ..ClusterOptions::full()
     };
     let cluster = TestCluster::start_with(options).await?;
-    let kubectl = |args: &[&str]| cmd::output(cluster.kubectl().args(args).current_dir(root));
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        "crds/wasmruntime.dev_wasmruntimes.yaml",
-    ])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/wasmruntimes.wasmruntime.dev",
-    ])?;
-    kubectl(&["create", "namespace", "wasm-installers"])?;
-
-    let nodes_file = cluster.dir().join("nodes.yaml");
-    std::fs::write(&nodes_file, nodes_yaml(params.nodes))?;
+    let crd = root.join("crds/wasmruntime.dev_wasmruntimes.yaml");
+    kubectl(
+        &cluster,
+        &["apply", "--server-side", "-f", &crd.display().to_string()],
+    )?;
+    kubectl(
+        &cluster,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/wasmruntimes.wasmruntime.dev",
+        ],
+    )?;
+    kubectl(&cluster, &["create", "namespace", "wasm-installers"])?;
     let started = Instant::now();
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &nodes_file.display().to_string(),
-    ])?;
+    apply(&cluster, "nodes.yaml", nodes)?;
     eprintln!(
-        "bench: {} kwok nodes created in {:.1?}",
-        params.nodes,
+        "bench: {count} kwok nodes created in {:.1?}",
         started.elapsed()
     );
+    Ok(cluster)
+}
 
+/// `kubectl <args>` against the cluster; its stdout.
+pub(crate) fn kubectl(cluster: &TestCluster, args: &[&str]) -> Result<String> {
+    cmd::output(cluster.kubectl().args(args))
+}
+
+/// Server-side apply of `yaml`, kept as `file` in the cluster dir.
+pub(crate) fn apply(cluster: &TestCluster, file: &str, yaml: &str) -> Result<()> {
+    let path = cluster.dir().join(file);
+    std::fs::write(&path, yaml)?;
+    kubectl(
+        cluster,
+        &["apply", "--server-side", "-f", &path.display().to_string()],
+    )?;
+    Ok(())
+}
+
+/// Starts the operator with the operator identity; returns it and its metrics address.
+pub(crate) fn spawn_operator(cluster: &TestCluster, operator: &Path) -> Result<(Child, String)> {
     let log = std::fs::File::create(cluster.dir().join("operator.log"))?;
     let metrics_addr = format!("{}:18080", cluster.address());
-    let mut child = Command::new(operator)
+    let child = Command::new(operator)
         .args([
             "run",
             "--installer-namespace",
@@ -95,44 +116,45 @@ async fn measure(params: &Params, operator: &std::path::Path) -> Result<Figures>
         .stderr(Stdio::from(log))
         .spawn()
         .context("starting wasm-operator")?;
-    let pid = child.id();
+    Ok((child, metrics_addr))
+}
 
-    let runtime_file = cluster.dir().join("runtime.yaml");
-    std::fs::write(
-        &runtime_file,
-        format!(
-            "apiVersion: wasmruntime.dev/v1alpha1\nkind: WasmRuntime\nmetadata:\n  name: bench\nspec:\n  rollout:\n    maxUnavailable: \"{}\"\n",
-            params.max_unavailable
-        ),
-    )?;
+async fn measure(params: &Params, operator: &Path) -> Result<Figures> {
+    let cluster = start_cluster(&nodes_yaml(params.nodes, |_| None), params.nodes).await?;
+    let (mut child, metrics_addr) = spawn_operator(&cluster, operator)?;
+    let pid = child.id();
+    let runtime = format!(
+        "apiVersion: wasmruntime.dev/v1alpha1\nkind: WasmRuntime\nmetadata:\n  name: bench\nspec:\n  rollout:\n    maxUnavailable: \"{}\"\n",
+        params.max_unavailable
+    );
     let started = Instant::now();
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &runtime_file.display().to_string(),
-    ])?;
-    let result = wait_ready(&kubectl, started).await;
+    apply(&cluster, "runtime.yaml", &runtime)?;
+    let result = wait_ready(&|args| kubectl(&cluster, args), "bench", started).await;
     let ready_after = started.elapsed();
-    let peak_rss_kib = peak_rss_kib(pid).unwrap_or(0);
+    let peak_rss_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let reconciles = scrape(&metrics_addr, "wasm_operator_reconciles_total");
     let _ = child.kill();
     let _ = child.wait();
     result?;
     Ok(Figures {
         ready_after,
-        writes: count_writes(&cluster.audit_log())?,
+        writes: count_writes(&cluster.audit_log(), 0..usize::MAX)?,
         peak_rss_kib,
         reconciles,
     })
 }
 
-async fn wait_ready(kubectl: &impl Fn(&[&str]) -> Result<String>, started: Instant) -> Result<()> {
+/// Waits until WasmRuntime `name` is Ready for its current generation.
+pub(crate) async fn wait_ready(
+    kubectl: &impl Fn(&[&str]) -> Result<String>,
+    name: &str,
+    started: Instant,
+) -> Result<()> {
     let mut last = String::new();
     loop {
         let jsonpath =
             "{.status.ready} {.status.state} {.status.observedGeneration} {.metadata.generation}";
-        let out = kubectl(&["get", "wrt", "bench", "-o", &format!("jsonpath={jsonpath}")])?;
+        let out = kubectl(&["get", "wrt", name, "-o", &format!("jsonpath={jsonpath}")])?;
         let parts: Vec<&str> = out.split_whitespace().collect();
         if parts.len() == 4 && parts[1] == "Ready" && parts[2] == parts[3] {
             return Ok(());
@@ -148,30 +170,50 @@ async fn wait_ready(kubectl: &impl Fn(&[&str]) -> Result<String>, started: Insta
     }
 }
 
-fn nodes_yaml(n: usize) -> String {
+/// `n` kwok nodes `bench-0000`...; `extra(i)` is one more label of node `i`, if any.
+pub(crate) fn nodes_yaml(n: usize, extra: impl Fn(usize) -> Option<(String, String)>) -> String {
     let mut out = String::new();
     for i in 0..n {
         let _ = write!(
             out,
             "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: bench-{i:04}\n  annotations:\n    kwok.x-k8s.io/node: fake\n  labels:\n    kubernetes.io/os: linux\n    kubernetes.io/hostname: bench-{i:04}\n"
         );
+        if let Some((key, value)) = extra(i) {
+            // quoted: YAML reads a bare `off` or `on` as a boolean
+            let _ = writeln!(out, "    {key}: \"{value}\"");
+        }
     }
     out
 }
 
-/// Peak resident set of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A KiB field of /proc/<pid>/status: `VmHWM` (peak resident set), `VmRSS` (resident now).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Mutating requests of the operator, by verb and resource, from the JSON audit log.
-fn count_writes(audit: &std::path::Path) -> Result<BTreeMap<String, usize>> {
+/// Mutating requests of the operator, by verb and resource, from the JSON audit log (its
+/// events within `bytes`: the log's lengths at two moments, a line cut by either belonging
+/// to the earlier part).
+pub(crate) fn count_writes(
+    audit: &Path,
+    bytes: std::ops::Range<usize>,
+) -> Result<BTreeMap<String, usize>> {
     let text =
         std::fs::read_to_string(audit).with_context(|| format!("reading {}", audit.display()))?;
+    let end_of_line = |b: usize| match b {
+        0 => 0,
+        b if b >= text.len() => text.len(),
+        b => text.as_bytes()[b - 1..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(text.len(), |i| b + i),
+    };
     let mut counts = BTreeMap::new();
-    for line in text.lines() {
+    for line in text[end_of_line(bytes.start)..end_of_line(bytes.end)].lines() {
         let event: serde_json::Value = serde_json::from_str(line)?;
         if event["stage"] != "ResponseComplete" {
             continue;
@@ -188,7 +230,7 @@ fn count_writes(audit: &std::path::Path) -> Result<BTreeMap<String, usize>> {
 }
 
 /// One counter from the operator's /metrics (curl keeps xtask free of an HTTP client).
-fn scrape(addr: &str, name: &str) -> Option<u64> {
+pub(crate) fn scrape(addr: &str, name: &str) -> Option<u64> {
     let out = Command::new("curl")
         .args(["-sf", &format!("http://{addr}/metrics")])
         .output()

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`. See `cargo xtask --help`.
 
 mod bench;
+mod bench_flap;
 mod bench_installer;
 mod bench_operator;
 mod bench_reliability;
@@ -102,6 +103,18 @@ enum Bench {
         #[arg(long, default_value = "10%")]
         max_unavailable: String,
     },
+    /// The operator while the selector label of many kwok nodes flaps: RSS over time,
+    /// reconciles per second against label changes, writes, convergence once it stops;
+    /// writes its section of docs/reliability.md.
+    Flap {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds between two rounds of label flips (5% of the nodes each).
+        #[arg(long, default_value_t = 3)]
+        every_secs: u64,
+    },
     /// The Wasm shim on containerd 2.x: `ctr run` cold start vs runc (with/without the
     /// module cache), idle memory per container, wasi:http vs `wasmtime serve`.
     Shim {
@@ -173,6 +186,21 @@ fn main() -> Result<()> {
             let section = bench_operator::report(&params, &figures);
             println!("{section}");
             cmd::update_doc_section("docs/benchmarks.md", "operator", &section)
+        }
+        Command::Bench(Bench::Flap {
+            nodes,
+            minutes,
+            every_secs,
+        }) => {
+            testbed::install_all()?;
+            let params = bench_flap::Params {
+                nodes,
+                minutes,
+                every_secs,
+            };
+            let section = bench_flap::report(&params, &bench_flap::run(&params)?);
+            println!("{section}");
+            cmd::update_doc_section("docs/reliability.md", "flap", &section)
         }
         Command::Bench(Bench::Shim { only }) => bench::shim(only),
         Command::Bench(Bench::Fuzz { cases }) => bench_reliability::fuzz(cases),
