@@ -792,8 +792,10 @@ fn report(f: &Figures) -> String {
          a page once per process that maps it (the shim binary's code pages, shared by \
          every shim through the page cache, and pages shared by forked processes); PSS \
          divides each page among its sharers; anonymous (`Pss_Anon`) is the heap and stack \
-         memory, which no other shim shares and the kernel cannot reclaim. Goal: <= 8 MB \
-         per running container.\n\n\
+         memory, which no other shim shares and the kernel cannot reclaim. Read 3 s after the \
+         start: one second after a container starts, the shim, its zygote and the \
+         container's init drop the clean code pages they no longer run (`shim/src/trim.rs`), \
+         so RSS is what each process still uses. Goal: <= 8 MB per running container.\n\n\
          | runtime, containers | RSS | PSS | anonymous |\n|---|---|---|---|"
     );
     for (who, idles) in [
