@@ -68,11 +68,10 @@ pub struct Context {
 /// Per node: the label value we wrote and when.
 pub type Expectations = HashMap<String, (Option<NodeState>, Instant)>;
 
-/// Retry delays of the node and pod watches, whose caches every plan reads: kube's
-/// default shape, but at most 5 s apart and calm again after 10 s. kube's default (up to
-/// 30 s apart, escalating for 2 min) left the pod cache stale for over 2 min after an
-/// apiserver restart on a loaded machine: the rollout waited on a Ready pod it could not
-/// see.
+/// Retry delays of the watches whose caches every plan reads (nodes, pods) and of our
+/// children's: kube's default shape, but at most 5 s apart and calm again after 10 s.
+/// kube's default (up to 30 s apart, escalating for 2 min) adds up to 30 s of a stale
+/// cache after every apiserver outage, during which a rollout waits on pods it cannot see.
 fn cache_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     let delays = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -104,6 +103,7 @@ where
         })
 }
 
+/// A watch event in a few words, for the debug log (which watch relisted when).
 fn brief<K: Resource>(e: &watcher::Event<K>) -> String {
     match e {
         watcher::Event::Apply(o) => format!("apply {:?}", o.meta().resource_version),
