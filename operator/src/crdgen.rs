@@ -63,7 +63,7 @@ mod tests {
     /// The committed CRD must be what the types generate; run `cargo xtask crdgen` to refresh.
     #[test]
     fn committed_crd_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        let path = testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(CRD_FILE);
         let committed = std::fs::read_to_string(&path).expect("read committed CRD");

@@ -1,8 +1,6 @@
 //! Installer pods (fixtures shaped as the apiserver returns them) read into reports, before
 //! and after the pruning the pod cache applies.
 
-use std::path::Path;
-
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use rstest::rstest;
@@ -10,7 +8,7 @@ use wasm_operator::observe::{pod_report, prune_pod};
 use wasm_operator::planner::PodReport;
 
 fn fixture(name: &str) -> Pod {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/pods")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

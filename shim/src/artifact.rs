@@ -257,7 +257,7 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
+            testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/oci")
                 .join(name),
         )

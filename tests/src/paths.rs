@@ -66,3 +66,12 @@ pub fn deb_version(pkg: &DebPackage) -> Option<String> {
         .ok()
         .map(|v| v.trim().to_string())
 }
+
+/// The package directory of the running test or tool: `CARGO_MANIFEST_DIR` as cargo or
+/// nextest sets it when running it, else `built_in` (pass `env!("CARGO_MANIFEST_DIR")`).
+/// The run-time value comes first because builds are shared between checkouts (one
+/// target dir in the cache): cargo does not rebuild a crate that only moved, so the
+/// compile-time path can name another checkout, or one that is gone.
+pub fn manifest_dir(built_in: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(built_in), PathBuf::from)
+}

@@ -17,7 +17,7 @@ const MANAGER: &str = "crd-api-test";
 
 /// Install the CRD exactly as committed under crds/ and wait until it is served.
 async fn install_crd(client: &Client) -> Result<()> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .join("../crds/wasmruntime.dev_wasmruntimes.yaml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -100,7 +100,7 @@ async fn valid_object_gets_server_side_defaults() -> Result<()> {
 
     // A fully specified object round-trips unchanged.
     let sample: Value = serde_yaml::from_str(&std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
             .join("../config/samples/wasmruntime_v1alpha1_wasmruntime.yaml"),
     )?)?;
     let mut sample = sample;

@@ -10,7 +10,7 @@ use testbed::containerd::{Containerd, ContainerdOptions};
 use testbed::versions::CONTAINERD_2;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// `cargo xtask images --dev --out <out>`: (reference, digest, tarball) per image.

@@ -73,9 +73,13 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 
 /// The workspace root (xtask's parent directory).
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the workspace")
+            .to_path_buf()
+    })
 }
 
 /// Replace the part of a generated Markdown file between `<!-- <name>:start -->` and

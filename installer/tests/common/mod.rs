@@ -12,14 +12,14 @@ use wasm_installer::{
 };
 
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// `defaults/...` come from installer/fixtures (embedded by the crate); the rest from
 /// tests/fixtures/input.
 pub fn fixture(name: &str) -> String {
     let path = match name.strip_prefix("defaults/") {
-        Some(rest) => Path::new(env!("CARGO_MANIFEST_DIR"))
+        Some(rest) => testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/defaults")
             .join(rest),
         None => fixtures_dir().join("input").join(name),

@@ -751,7 +751,7 @@ pub fn real_shim() -> PathBuf {
             "--target-dir",
         ])
         .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")))
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));

@@ -50,8 +50,8 @@ pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) -> Res
 impl Env {
     /// A control plane with the CRD, the installer namespace and kwok nodes named `nodes`.
     pub async fn start(nodes: &[&str]) -> Result<Self> {
-        let stages =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kwok-pod-stages.yaml");
+        let stages = testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kwok-pod-stages.yaml");
         let options = ClusterOptions {
             kwok_pod_stages: Some(stages),
             ..ClusterOptions::full()

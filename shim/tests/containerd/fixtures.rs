@@ -11,7 +11,7 @@ use wasi_preview1_component_adapter_provider::{
 };
 
 fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Assembles `tests/fixtures/<name>.wat`.

@@ -1,10 +1,8 @@
-use std::path::Path;
-
 use containerd_shim_wasmtime::engine::{Captured, Guest, Outcome, RunConfig, Stdio, WasmEngine};
 
 /// Assembles `tests/fixtures/<name>.wat` into a core module.
 pub fn wasm(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("{name}.wat"));
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test file uses a subset
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ pub const INSTALLER_NAMESPACE: &str = "wasm-installers";
 pub const SERVICE_ACCOUNT: &str = "system:serviceaccount:wasm-system:wasm-runtime-operator";
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace")
         .to_path_buf()
