@@ -150,6 +150,10 @@ pub fn main(args: &[OsString]) {
         let _ = std::io::stdout().write_all(&bytes);
         return;
     }
+    if flags.action == "start" {
+        // first, while single-threaded: containerd sends the create right after
+        crate::prewarm::cgroup_lock_in_child();
+    }
     logging::install();
     // `start` and `delete` are short-lived and need none of this.
     if flags.action.is_empty() {

@@ -21,6 +21,7 @@
 //!   the installer from the WasmRuntime).
 //! - [`cache`]: precompiled-module cache, one file cache for every image kind.
 //! - [`shim`]: what the container's init runs: entrypoint, guest configuration, exit.
+//! - [`prewarm`]: the kernel's wait for a cgroup migration, started before youki's.
 //! - [`trim`]: idle processes unmap the clean code pages they no longer run.
 
 pub mod artifact;
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod logging;
 pub mod mounts;
 pub mod options;
+pub mod prewarm;
 pub mod shim;
 pub mod task;
 pub mod trim;

@@ -8,30 +8,45 @@
 //! fault that maps the cached page again. So once a process goes idle it drops them, and
 //! its RSS is what it actually uses (its own heap and stack, and the code it runs).
 //!
-//! Only read-only private mappings of ELF files (our binary, shared libraries) with no
-//! private copy of any page (`Anonymous: 0 kB`) are dropped: their content is the file's
-//! by construction, and no thread ever makes them writable (no text relocations). The
-//! precompiled-module mappings of Wasmtime are left alone: Wasmtime changes their
-//! protection when it loads a module.
+//! Only read-only private mappings of ELF files (our binary, shared libraries) are
+//! touched, and in them only pages that are the file's: a mapping with no private copy of
+//! any page (`Anonymous: 0 kB`) goes whole; in one with private copies (the relocated
+//! GOT in the read-only-after-relocation segment) `/proc/self/pagemap` tells the file
+//! pages from the private ones, which stay. No thread ever makes these mappings writable
+//! (no text relocations), so no file page can turn private between the check and the
+//! drop. The precompiled-module mappings of Wasmtime are left alone: Wasmtime changes
+//! their protection when it loads a module.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Address ranges to drop, and their resident bytes, from `/proc/<pid>/smaps` text.
-/// `exe` is the path of the process's executable. Pure.
-pub fn droppable(smaps: &str, exe: &str) -> (Vec<Range<usize>>, u64) {
-    let mut ranges = Vec::new();
-    let mut resident = 0;
+/// What [`droppable`] found in a smaps text.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Droppable {
+    /// Mappings with no private page: dropped whole.
+    pub whole: Vec<Range<usize>>,
+    /// Resident bytes of `whole`.
+    pub resident: u64,
+    /// Mappings with private pages beside file pages: dropped page by page.
+    pub partial: Vec<Range<usize>>,
+}
+
+/// The mappings to drop, from `/proc/<pid>/smaps` text. `exe` is the path of the
+/// process's executable. Pure.
+pub fn droppable(smaps: &str, exe: &str) -> Droppable {
+    let mut found = Droppable::default();
     // (range, candidate, Rss kB, Anonymous kB) of the mapping being read
     let mut current: Option<(Range<usize>, bool, u64, u64)> = None;
-    let mut finish = |m: Option<(Range<usize>, bool, u64, u64)>| {
-        if let Some((range, true, rss, 0)) = m
-            && rss > 0
-        {
-            ranges.push(range);
-            resident += rss * 1024;
+    let mut finish = |m: Option<(Range<usize>, bool, u64, u64)>| match m {
+        Some((range, true, rss, 0)) if rss > 0 => {
+            found.whole.push(range);
+            found.resident += rss * 1024;
         }
+        Some((range, true, rss, anon)) if rss > anon && anon != u64::MAX => {
+            found.partial.push(range)
+        }
+        _ => {}
     };
     for line in smaps.lines() {
         if let Some((range, candidate)) = header(line, exe) {
@@ -47,7 +62,60 @@ pub fn droppable(smaps: &str, exe: &str) -> (Vec<Range<usize>>, u64) {
         }
     }
     finish(current);
-    (ranges, resident)
+    found
+}
+
+/// `/proc/<pid>/pagemap` entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE: u64 = 1 << 61;
+
+/// The runs of resident file pages among the pagemap `entries` of the pages from
+/// `start` on: what can go from a mapping that also holds private pages. Pure.
+pub fn file_page_runs(start: usize, entries: &[u64], page: usize) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for (i, &entry) in entries.iter().enumerate() {
+        if entry & (PM_PRESENT | PM_FILE) != PM_PRESENT | PM_FILE {
+            continue;
+        }
+        let addr = start + i * page;
+        match runs.last_mut() {
+            Some(run) if run.end == addr => run.end = addr + page,
+            _ => runs.push(addr..addr + page),
+        }
+    }
+    runs
+}
+
+/// The pagemap entries of `range` in this process.
+fn pagemap(range: &Range<usize>, page: usize) -> std::io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open("/proc/self/pagemap")?;
+    let mut bytes = vec![0u8; (range.end - range.start) / page * 8];
+    file.read_exact_at(&mut bytes, (range.start / page * 8) as u64)?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// Drops `range`, inside a private, read-only mapping of an ELF file, holding only pages
+/// that are the file's (no private copy).
+fn dont_need(range: &Range<usize>) {
+    #[allow(unsafe_code)]
+    // SAFETY: after MADV_DONTNEED the next access faults the same bytes in from the page
+    // cache, as the range holds no private copy. Nothing can write to it meanwhile (not
+    // writable, and nothing in this process mprotects ELF text or read-only data).
+    let result = unsafe {
+        rustix::mm::madvise(
+            range.start as *mut std::ffi::c_void,
+            range.end - range.start,
+            rustix::mm::Advice::LinuxDontNeed,
+        )
+    };
+    // a range that went away meanwhile (a library unloaded) is nothing to drop
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "madvise {range:x?}");
+    }
 }
 
 /// A mapping's header line (`start-end perms offset dev inode path`): its range and
@@ -81,29 +149,32 @@ fn is_shared_object(path: &str) -> bool {
             .is_some_and(|name| name.ends_with(".so") || name.contains(".so."))
 }
 
-/// Drops this process's droppable mappings (see the module docs); returns the resident
+/// Drops this process's droppable pages (see the module docs); returns the resident
 /// bytes they held. Safe to call from any thread at any time.
 pub fn release() -> std::io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe = exe.to_string_lossy();
-    let (ranges, resident) = droppable(&smaps, exe.strip_suffix(" (deleted)").unwrap_or(&exe));
-    for range in ranges {
-        #[allow(unsafe_code)]
-        // SAFETY: a private, read-only mapping of an ELF file with no private page is the
-        // file's content; after MADV_DONTNEED the next access faults the same bytes in from
-        // the page cache. Nothing can write to it meanwhile (not writable, and nothing in
-        // this process mprotects ELF text or read-only data).
-        let result = unsafe {
-            rustix::mm::madvise(
-                range.start as *mut std::ffi::c_void,
-                range.end - range.start,
-                rustix::mm::Advice::LinuxDontNeed,
-            )
+    let found = droppable(&smaps, exe.strip_suffix(" (deleted)").unwrap_or(&exe));
+    // free heap pages too: glibc keeps what threads freed in its arenas
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim is thread-safe (it locks each arena) and only returns free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    for mapping in &found.whole {
+        dont_need(mapping);
+    }
+    let page = rustix::param::page_size();
+    let mut resident = found.resident;
+    for mapping in &found.partial {
+        // a mapping that went away meanwhile reads short: nothing to drop
+        let Ok(entries) = pagemap(mapping, page) else {
+            continue;
         };
-        // a range that went away meanwhile (a library unloaded) is nothing to drop
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "madvise {range:x?}");
+        for run in file_page_runs(mapping.start, &entries, page) {
+            resident += (run.end - run.start) as u64;
+            dont_need(&run);
         }
     }
     Ok(resident)
@@ -187,7 +258,11 @@ mod tests {
 
     #[test]
     fn only_clean_read_only_elf_mappings_are_dropped() {
-        let (ranges, resident) = droppable(FIXTURE, EXE);
+        let Droppable {
+            whole: ranges,
+            resident,
+            partial,
+        } = droppable(FIXTURE, EXE);
         let all = mappings(FIXTURE);
         assert!(all.len() > 20, "a real process has many mappings");
         let mut expected_bytes = 0;
@@ -197,13 +272,18 @@ mod tests {
             let (perms, path) = (fields[1], fields.get(5).copied().unwrap_or(""));
             let start = usize::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
             let chosen = ranges.iter().any(|r| r.start == start);
-            let expected = perms.starts_with('r')
+            let read_only_elf = perms.starts_with('r')
                 && !perms.contains('w')
                 && perms.ends_with('p')
-                && (path == EXE || path.contains(".so"))
-                && rss > 0
-                && anon == 0;
+                && (path == EXE || path.contains(".so"));
+            let expected = read_only_elf && rss > 0 && anon == 0;
             assert_eq!(chosen, expected, "{line} (Rss {rss}, Anonymous {anon})");
+            let page_by_page = partial.iter().any(|r| r.start == start);
+            assert_eq!(
+                page_by_page,
+                read_only_elf && anon > 0 && rss > anon,
+                "{line} (Rss {rss}, Anonymous {anon})"
+            );
             if expected {
                 expected_bytes += rss * 1024;
                 expected_count += 1;
@@ -233,11 +313,18 @@ mod tests {
                 0,
                 true,
             ),
-            // a relocated read-only segment (RELRO) holds private copies
+            // a relocated read-only segment (RELRO) holds private copies: page by page
             (
                 "1000-3000 r--p 00000000 fd:00 12 /opt/shim/bin",
                 8,
                 4,
+                false,
+            ),
+            // ... and when all its resident pages are private, nothing to look at
+            (
+                "1000-3000 r--p 00000000 fd:00 12 /opt/shim/bin",
+                8,
+                8,
                 false,
             ),
             (
@@ -275,20 +362,88 @@ mod tests {
             ),
         ];
         for &(line, rss, anon, dropped) in cases {
-            let (ranges, resident) = droppable(&block(line, rss, anon), "/opt/shim/bin");
+            let found = droppable(&block(line, rss, anon), "/opt/shim/bin");
+            let only = |ranges: &[Range<usize>]| ranges.len() == 1 && ranges[0] == (0x1000..0x3000);
+            assert_eq!(only(&found.whole), dropped, "{line}");
             assert_eq!(
-                ranges.len() == 1 && ranges[0] == (0x1000..0x3000),
-                dropped,
+                found.resident,
+                if dropped { rss * 1024 } else { 0 },
                 "{line}"
             );
-            assert_eq!(resident, if dropped { rss * 1024 } else { 0 }, "{line}");
+            let page_by_page = line.contains(" r--p ") && anon == 4;
+            assert_eq!(only(&found.partial), page_by_page, "{line}");
         }
+    }
+
+    #[test]
+    fn file_page_runs_table() {
+        const P: u64 = PM_PRESENT;
+        const F: u64 = PM_PRESENT | PM_FILE;
+        // (case, pagemap entries, expected runs as (start, end))
+        type Case = (&'static str, &'static [u64], &'static [(usize, usize)]);
+        let cases: &[Case] = &[
+            ("none resident", &[0, 0], &[]),
+            ("private pages stay", &[P, P, P], &[]),
+            ("file pages, one run", &[F, F, F], &[(0x10000, 0x13000)]),
+            (
+                "a private page splits the run",
+                &[F, P, F, F],
+                &[(0x10000, 0x11000), (0x12000, 0x14000)],
+            ),
+            ("not present", &[PM_FILE, F], &[(0x11000, 0x12000)]),
+        ];
+        for (name, entries, want) in cases {
+            let want: Vec<Range<usize>> = want.iter().map(|&(a, b)| a..b).collect();
+            assert_eq!(file_page_runs(0x10000, entries, 0x1000), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn pagemap_tells_private_copies_from_file_pages() {
+        use std::io::Write as _;
+        let page = rustix::param::page_size();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![7u8; 4 * page]).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: a fresh private mapping of our own temp file, unmapped below.
+        let addr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                4 * page,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .unwrap() as *mut u8;
+        #[allow(unsafe_code)]
+        // SAFETY: within the 4 pages just mapped.
+        unsafe {
+            // page 1 becomes a private copy; 0 and 3 are read (file pages); 2 untouched
+            addr.add(page).write_volatile(9);
+            assert_eq!(addr.read_volatile(), 7);
+            assert_eq!(addr.add(3 * page).read_volatile(), 7);
+        }
+        let start = addr as usize;
+        let entries = pagemap(&(start..start + 4 * page), page).unwrap();
+        let runs = file_page_runs(start, &entries, page);
+        #[allow(unsafe_code)]
+        // SAFETY: the mapping made above, no longer used.
+        unsafe {
+            rustix::mm::munmap(addr.cast(), 4 * page).unwrap();
+        }
+        // page 2 may be mapped too (the kernel maps neighbours of a read fault)
+        let in_runs = |addr: usize| runs.iter().any(|r| r.contains(&addr));
+        assert!(!in_runs(start + page), "the private copy: {entries:x?}");
+        assert!(in_runs(start), "file page 0: {entries:x?}");
+        assert!(in_runs(start + 3 * page), "file page 3: {entries:x?}");
     }
 
     fn own_code_resident_kib() -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        droppable(&smaps, &exe.to_string_lossy()).1 / 1024
+        droppable(&smaps, &exe.to_string_lossy()).resident / 1024
     }
 
     #[test]

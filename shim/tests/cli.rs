@@ -94,6 +94,16 @@ fn links_only_glibc() {
     assert!(extra.is_empty(), "unexpected shared libraries: {extra:#?}");
 }
 
+/// Position-dependent (shim/build.rs): no relative relocations to apply at exec, and
+/// read-only data that stays clean file pages. ELF `e_type` (offset 16) is ET_EXEC (2),
+/// not ET_DYN (3, a PIE).
+#[test]
+fn links_position_dependent() {
+    let bytes = std::fs::read(binary()).expect("the shim binary");
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 2, "e_type");
+}
+
 /// The glibc the shim needs (documented in README.md): the highest `GLIBC_2.N` symbol
 /// version the binary references.
 const MIN_GLIBC: (u32, u32) = (2, 34);
@@ -121,8 +131,10 @@ fn readme_states_the_glibc_the_binary_needs() {
         "the shim now needs glibc {}.{}: update MIN_GLIBC and the README",
         highest.0, highest.1
     );
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(
+        testbed::paths::manifest_dir(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+    )
+    .expect("README.md");
     let documented = format!("glibc >= {}.{}", MIN_GLIBC.0, MIN_GLIBC.1);
     assert!(
         readme.contains(&documented),
