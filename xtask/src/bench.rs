@@ -772,7 +772,7 @@ fn report(f: &Figures) -> String {
          | total (`ctr run --rm`) | {r:.1} ms | {h:.1} ms |\n\
          | outside the shim | {:.1} ms | {:.1} ms |\n\
          | in the shim | {runc_window:.1} ms | {ours_window:.1} ms |\n\
-         | - create (our task service: rootfs mount, youki builds the container in the zygote; no Wasm-layer lookup when the entrypoint is in the rootfs) | | {:.1} ms |\n\
+         | - create (our task service: rootfs mount, youki builds the container in the zygote; no Wasm-layer lookup when the entrypoint is in the rootfs; youki's first `cgroup.procs` write waits out an RCU grace period, which runc's waits in full and ours partly: `shim start` began it, `shim/src/prewarm.rs`) | | {:.1} ms |\n\
          | - start request -> the executor runs the guest in the container | | {:.1} ms |\n\
          | - guest run: engine, cache load, guest, exit | | {:.1} ms |\n\
          | - guest exit -> shim gone (exit event, delete, shim exit) | | {:.1} ms |\n",
@@ -795,7 +795,9 @@ fn report(f: &Figures) -> String {
          memory, which no other shim shares and the kernel cannot reclaim. Read 3 s after the \
          start: one second after a container starts, the shim, its zygote and the \
          container's init drop the clean code pages they no longer run (`shim/src/trim.rs`), \
-         so RSS is what each process still uses. Goal: <= 8 MB per running container.\n\n\
+         so RSS is what each process still uses; the binary is position-dependent \
+         (`shim/build.rs`), so its read-only data is clean file pages too, not relocated \
+         private copies. Goal: <= 8 MB per running container.\n\n\
          | runtime, containers | RSS | PSS | anonymous |\n|---|---|---|---|"
     );
     for (who, idles) in [
