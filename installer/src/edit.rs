@@ -8,7 +8,7 @@ use crate::doc::{display_path, ensure_table_path, lookup, parse};
 use crate::error::{Error, Result};
 use crate::ownership::{decor_has_marker, marker_line};
 use crate::schema::{Schema, runc_systemd_cgroup};
-use crate::spec::{HandlerName, RUNTIME_TYPE, RuntimeSpec, SystemdCgroupMode};
+use crate::spec::{HandlerName, POD_ANNOTATIONS, RUNTIME_TYPE, RuntimeSpec, SystemdCgroupMode};
 use crate::version::ContainerdVersion;
 
 /// Result of an install edit.
@@ -316,15 +316,25 @@ pub(crate) fn entry_table(entry: &Entry<'_>, indent: &Indent) -> Table {
         EntryForm::ShimPathAsType => entry.shim_path,
     };
     push_key(&mut table, "runtime_type", value(runtime_type), &indent.key);
+    if entry.form == EntryForm::RuntimePath {
+        push_key(
+            &mut table,
+            "runtime_path",
+            value(entry.shim_path),
+            &indent.key,
+        );
+    }
+    let mut annotations = toml_edit::Array::new();
+    annotations.push(POD_ANNOTATIONS);
+    push_key(
+        &mut table,
+        "pod_annotations",
+        value(annotations),
+        &indent.key,
+    );
     if entry.form == EntryForm::ShimPathAsType {
         return table;
     }
-    push_key(
-        &mut table,
-        "runtime_path",
-        value(entry.shim_path),
-        &indent.key,
-    );
     let mut options = Table::new();
     let options_header = format!("{}  ", indent.header);
     options

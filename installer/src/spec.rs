@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 /// The `runtime_type` every entry we write uses: containerd derives the shim binary
 /// name `containerd-shim-wasmtime-v1` from it, but `runtime_path` overrides the lookup.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+/// Pod annotations containerd's CRI copies into the container spec for our handler
+/// (`pod_annotations`, matched with Go's `path.Match`): the shim reads
+/// `wasmruntime.dev/network` and `wasmruntime.dev/http-port` there.
+pub const POD_ANNOTATIONS: &str = "wasmruntime.dev/*";
 /// File name of the shim we copy onto the node.
 pub const SHIM_BINARY: &str = "containerd-shim-wasmtime-v1";
 /// Directory under which every WasmRuntime gets its own shim directory.

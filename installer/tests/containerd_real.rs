@@ -94,6 +94,16 @@ fn assert_sees_runtime(version: &str, dump: &Dump, systemd_cgroup: bool, for_1_6
             Some(systemd_cgroup)
         );
     }
+    // the pod annotations the shim reads reach its container specs (CRI passes them)
+    let annotations: Vec<_> = rt["pod_annotations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations,
+        ["wasmruntime.dev/*"],
+        "containerd {version}: pod_annotations of our runtime"
+    );
     assert!(
         !dump.stderr.contains("unknown key"),
         "containerd {version} warned about unknown keys: {}",

@@ -94,6 +94,11 @@ fn try_start_pod(c: &Containerd, handler: &str, name: &str) -> Result<Pod, Strin
         }),
         hostname: name.into(),
         log_directory: logs.display().to_string(),
+        annotations: [
+            (POD_ANNOTATION.0.to_string(), POD_ANNOTATION.1.to_string()),
+            ("example.com/other".to_string(), "kept out".to_string()),
+        ]
+        .into(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: c.cgroup_parent(),
             security_context: Some(LinuxSandboxSecurityContext {
@@ -167,6 +172,22 @@ fn try_start_pod(c: &Containerd, handler: &str, name: &str) -> Result<Pod, Strin
     Ok(Pod { sandbox, container })
 }
 
+/// A pod annotation our entry's `pod_annotations` passes to the shim.
+const POD_ANNOTATION: (&str, &str) = ("wasmruntime.dev/http-port", "8081");
+
+/// The annotations of the OCI spec containerd wrote for the container (its bundle).
+fn spec_annotations(c: &Containerd, container: &str) -> serde_json::Map<String, serde_json::Value> {
+    let bundle = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/k8s.io")
+        .join(container);
+    let text = std::fs::read_to_string(bundle.join("config.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
+    let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    spec["annotations"].as_object().cloned().unwrap_or_default()
+}
+
 /// Our pod, started through the installed shim (CRI takes it from our entry; on 1.6
 /// from `runtime_type`, the shim's absolute path, with the options in `ConfigBody`).
 fn pod_through_installed_shim(r: &Run, name: &str) -> Pod {
@@ -199,6 +220,17 @@ fn uninstall_refuses_while_our_pod_runs(#[case] version: &'static str) {
     let r = installed(&c, "pod", &shim);
     let pod = pod_through_installed_shim(&r, "refused");
     assert_runs_installed_shim(&r);
+    // CRI copied our pod annotations, and only ours, into the container's spec
+    let annotations = spec_annotations(&c, &pod.container);
+    assert_eq!(
+        annotations.get(POD_ANNOTATION.0).and_then(|v| v.as_str()),
+        Some(POD_ANNOTATION.1),
+        "containerd {version}: {annotations:?}"
+    );
+    assert!(
+        !annotations.contains_key("example.com/other"),
+        "{annotations:?}"
+    );
     let mut running = c.cri().running(r.handler().as_str()).unwrap();
     running.sort();
     assert_eq!(

@@ -260,7 +260,9 @@ pub struct RuntimeClassSpec {
 #[serde(rename_all = "camelCase")]
 pub struct WasmDefaults {
     /// Whether guests may open network sockets (an HTTP component may always listen on its
-    /// own port). Default deny.
+    /// own port). Default deny. A pod overrides it with the annotation
+    /// wasmruntime.dev/network (allow or deny), a container with the env
+    /// WASMRUNTIME_NETWORK.
     #[serde(default)]
     pub network: NetworkAccess,
 

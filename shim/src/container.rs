@@ -428,7 +428,8 @@ impl libcontainer::workload::Executor for Executor {
                 }
                 tracing::info!("running the guest of {}", self.id);
                 crate::trim::after_start(|| crate::trim::release_logged("container init"));
-                let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec)).block_on();
+                let annotations = spec.annotations().clone().unwrap_or_default();
+                let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec), &annotations).block_on();
                 tracing::info!("the guest of {} exited with {code}", self.id);
                 if oom {
                     let _ = File::from(self.oom.try_clone().expect("dup")).write_all(b"oom");

@@ -157,6 +157,7 @@ pub fn main(args: &[OsString]) {
     logging::install();
     // `start` and `delete` are short-lived and need none of this.
     if flags.action.is_empty() {
+        crate::trim::one_malloc_arena();
         logging::to_containerd(flags.debug);
         if options::load_beside_binary().precompile {
             cache::open_for_containers();

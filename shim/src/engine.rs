@@ -5,6 +5,7 @@
 //! `run` directly with captured stdio, so they go through the same linking, preopens,
 //! limits and stop logic as a container does.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,6 @@ use crate::mounts::Preopen;
 /// before it is abandoned. A spinning guest stops at the next epoch check, well before.
 /// Kept under a second so SIGTERM -> exit 143 stays within the 1 s promise.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
-
-/// The environment variable (in the container's env) that opens the network to the guest.
-pub const NETWORK_ENV: &str = "WASMRUNTIME_NETWORK";
 
 /// What the two kinds of Wasm binary look like; decided from the header alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,15 +117,20 @@ pub enum NetworkPolicy {
 }
 
 impl NetworkPolicy {
-    /// The container decides with `WASMRUNTIME_NETWORK=allow|deny` (the pod spec's env);
-    /// without it (or with another value, logged) the node's default applies, which is
-    /// the WasmRuntime's `spec.wasm.network` from `options.json`.
-    pub fn resolve(env: &[(String, String)], default: NetworkPolicy) -> Self {
-        match env.iter().rev().find(|(k, _)| k == NETWORK_ENV) {
-            Some((_, v)) if v.eq_ignore_ascii_case("allow") => NetworkPolicy::Allow,
-            Some((_, v)) if v.eq_ignore_ascii_case("deny") => NetworkPolicy::Deny,
-            Some((_, v)) => {
-                tracing::warn!(value = %v, ?default, "unknown {NETWORK_ENV} value, the node default applies");
+    /// The container decides with `WASMRUNTIME_NETWORK=allow|deny` in its env, the pod
+    /// with the annotation `wasmruntime.dev/network` ([`crate::knobs`]); without either
+    /// (or with another value, logged) the node's default applies, which is the
+    /// WasmRuntime's `spec.wasm.network` from `options.json`.
+    pub fn resolve(
+        env: &[(String, String)],
+        annotations: &HashMap<String, String>,
+        default: NetworkPolicy,
+    ) -> Self {
+        match crate::knobs::NETWORK.lookup(env, annotations) {
+            Some(s) if s.value.eq_ignore_ascii_case("allow") => NetworkPolicy::Allow,
+            Some(s) if s.value.eq_ignore_ascii_case("deny") => NetworkPolicy::Deny,
+            Some(s) => {
+                tracing::warn!(value = %s.value, origin = %s.origin, ?default, "unknown network setting (allow|deny), the node default applies");
                 default
             }
             None => default,
@@ -181,6 +184,8 @@ pub struct RunConfig {
     /// Cap on the sum of guest linear memories, in bytes.
     pub memory_limit: Option<u64>,
     pub network: NetworkPolicy,
+    /// The container spec's annotations (the pod's `wasmruntime.dev/*` ones under CRI).
+    pub annotations: HashMap<String, String>,
     pub stdio: Stdio,
     /// Export to call on a core module (`path#func` in the entrypoint); default `_start`.
     pub func: String,
@@ -195,6 +200,7 @@ impl Default for RunConfig {
             preopens: Vec::new(),
             memory_limit: None,
             network: NetworkPolicy::Deny,
+            annotations: HashMap::new(),
             stdio: Stdio::Inherit,
             func: "_start".to_string(),
         }
@@ -436,7 +442,7 @@ impl WasmEngine {
                 .iter()
                 .any(|e| e.starts_with(crate::http::INCOMING_HANDLER))
             {
-                let port = crate::http::port_from_env(&cfg.env)?;
+                let port = crate::http::port(&cfg.env, &cfg.annotations)?;
                 let listener = crate::http::bind(port).await?;
                 return crate::http::serve(self, component, cfg, stop, listener).await;
             }

@@ -6,8 +6,13 @@
 //! dropped: a container that exits after the restart never reports its exit. Here events
 //! go through a queue to one thread that publishes them in order, and on failure
 //! reconnects and retries the same event until containerd is back.
+//!
+//! The connection is dropped after [`IDLE_DISCONNECT`] without events and made again for the
+//! next one: ttrpc's sync client keeps two threads per connection, one of which wakes every
+//! 10 ms (its `poll` timeout), so a connection held by an idle shim costs 100 wakeups a
+//! second and keeps the code they run resident.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -26,9 +31,12 @@ pub struct Events {
 
 /// Something that can publish one event (containerd, or a test double).
 pub trait Publish: Send + 'static {
+    /// Publishes, connecting first when not connected.
     fn publish(&mut self, topic: &str, event: Box<dyn MessageDyn>) -> Result<(), String>;
     /// Reconnects after a failure.
     fn reconnect(&mut self) -> Result<(), String>;
+    /// Drops the connection while there is nothing to send.
+    fn disconnect(&mut self);
 }
 
 /// containerd's ttrpc event service at `address`.
@@ -50,6 +58,9 @@ impl Containerd {
 
 impl Publish for Containerd {
     fn publish(&mut self, topic: &str, event: Box<dyn MessageDyn>) -> Result<(), String> {
+        if self.publisher.is_none() {
+            self.reconnect()?;
+        }
         let publisher = self.publisher.as_ref().ok_or("not connected")?;
         publisher
             .publish(Default::default(), topic, &self.namespace, event)
@@ -61,7 +72,15 @@ impl Publish for Containerd {
         self.publisher = Some(RemotePublisher::new(&self.address).map_err(|e| e.to_string())?);
         Ok(())
     }
+
+    fn disconnect(&mut self) {
+        self.publisher = None;
+    }
 }
+
+/// How long the connection to containerd outlives the last event: long enough that the
+/// events of one container's start and a quick exit share it.
+pub const IDLE_DISCONNECT: Duration = Duration::from_secs(1);
 
 /// Retry pacing while containerd is away.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -69,12 +88,17 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Events {
     pub fn start(publisher: impl Publish) -> Self {
+        Self::start_with_idle(publisher, IDLE_DISCONNECT)
+    }
+
+    /// [`Events::start`] with another idle time before disconnecting.
+    pub fn start_with_idle(publisher: impl Publish, idle: Duration) -> Self {
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
         let counter = pending.clone();
         std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || deliver(publisher, rx, &counter))
+            .spawn(move || deliver(publisher, rx, &counter, idle))
             .expect("spawning the event thread");
         Self { tx, pending }
     }
@@ -109,8 +133,25 @@ fn done(pending: &(Mutex<usize>, Condvar)) {
     pending.1.notify_all();
 }
 
-fn deliver(mut publisher: impl Publish, rx: Receiver<Queued>, pending: &(Mutex<usize>, Condvar)) {
-    for (topic, event) in rx {
+/// The next event; the connection is dropped while waiting longer than `idle`.
+fn next(rx: &Receiver<Queued>, publisher: &mut impl Publish, idle: Duration) -> Option<Queued> {
+    match rx.recv_timeout(idle) {
+        Ok(q) => Some(q),
+        Err(RecvTimeoutError::Timeout) => {
+            publisher.disconnect();
+            rx.recv().ok()
+        }
+        Err(RecvTimeoutError::Disconnected) => None,
+    }
+}
+
+fn deliver(
+    mut publisher: impl Publish,
+    rx: Receiver<Queued>,
+    pending: &(Mutex<usize>, Condvar),
+    idle: Duration,
+) {
+    while let Some((topic, event)) = next(&rx, &mut publisher, idle) {
         let mut wait = RETRY_FIRST;
         let mut event = Some(event);
         let mut failures = 0u32;
@@ -151,11 +192,14 @@ mod tests {
     use containerd_shim::protos::events::task::{TaskExit, TaskStart};
 
     /// Fails `fail` times after the first success, as a restarted containerd would.
+    #[derive(Default)]
     struct Flaky {
         fail_from: usize,
         fail: usize,
         reconnects: Arc<Mutex<usize>>,
         got: Arc<Mutex<Vec<String>>>,
+        /// what happened to the connection: "publish", "disconnect"
+        log: Arc<Mutex<Vec<&'static str>>>,
     }
 
     impl Publish for Flaky {
@@ -166,11 +210,15 @@ mod tests {
                 return Err("broken pipe".into());
             }
             got.push(topic.to_string());
+            self.log.lock().unwrap().push("publish");
             Ok(())
         }
         fn reconnect(&mut self) -> Result<(), String> {
             *self.reconnects.lock().unwrap() += 1;
             Ok(())
+        }
+        fn disconnect(&mut self) {
+            self.log.lock().unwrap().push("disconnect");
         }
     }
 
@@ -183,6 +231,7 @@ mod tests {
             fail: 3,
             reconnects: reconnects.clone(),
             got: got.clone(),
+            ..Flaky::default()
         });
         events.send(TaskStart::default());
         events.send(TaskExit::default());
@@ -200,10 +249,42 @@ mod tests {
         let events = Events::start(Flaky {
             fail_from: 0,
             fail: usize::MAX,
-            reconnects: Arc::default(),
-            got: Arc::default(),
+            ..Flaky::default()
         });
         events.send(TaskExit::default());
         assert!(!events.flush(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn the_connection_is_dropped_while_idle_and_made_again_for_the_next_event() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let events = Events::start_with_idle(
+            Flaky {
+                log: log.clone(),
+                ..Flaky::default()
+            },
+            Duration::from_millis(50),
+        );
+        events.send(TaskStart::default());
+        events.send(TaskExit::default());
+        assert!(events.flush(Duration::from_secs(10)));
+        // a burst shares the connection
+        assert_eq!(*log.lock().unwrap(), ["publish", "publish"]);
+        let idle_since = std::time::Instant::now();
+        while log.lock().unwrap().len() < 3 {
+            assert!(
+                idle_since.elapsed() < Duration::from_secs(10),
+                "never disconnected"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        events.send(TaskExit::default());
+        assert!(events.flush(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(200));
+        // one disconnect per idle spell, not one per timeout
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["publish", "publish", "disconnect", "publish", "disconnect"]
+        );
     }
 }

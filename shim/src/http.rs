@@ -1,7 +1,8 @@
 //! Serves a component exporting `wasi:http/incoming-handler` over HTTP/1.1: one fresh
 //! instance per request (what `wasmtime serve` does), on the container's port.
 //!
-//! The port is `WASMRUNTIME_HTTP_PORT` from the container env, else 8080, on all addresses
+//! The port is `WASMRUNTIME_HTTP_PORT` from the container env, else the pod annotation
+//! `wasmruntime.dev/http-port` ([`crate::knobs`]), else 8080, on all addresses
 //! of the container's network namespace (a pod's, or the host's with `ctr run --net-host`).
 //! Listening is always allowed; outgoing `wasi:http` requests and `wasi:sockets` follow the
 //! container's [`NetworkPolicy`].
@@ -11,6 +12,7 @@
 //! whatever is still running after [`crate::engine::STOP_GRACE`]. The outcome is
 //! [`Outcome::Stopped`] either way (exit 143, like a native server ended by SIGTERM).
 
+use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -30,21 +32,26 @@ use crate::engine::{NetworkPolicy, Outcome, RunConfig, StopHandle, WasmEngine, w
 use crate::error::Error;
 use crate::limits::MemoryLimiter;
 
-/// Container env variable naming the port to listen on.
-pub const HTTP_PORT_ENV: &str = "WASMRUNTIME_HTTP_PORT";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// The export that makes a component an HTTP handler (any 0.2.x).
 pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
 
-/// The port from the container env, or the default.
-pub fn port_from_env(env: &[(String, String)]) -> Result<u16, Error> {
-    match env.iter().rev().find(|(k, _)| k == HTTP_PORT_ENV) {
+/// The port from the container env (`WASMRUNTIME_HTTP_PORT`), else the pod annotation
+/// (`wasmruntime.dev/http-port`), else the default. A value that is not a port is an
+/// error naming where it came from: serving elsewhere than asked would look like a hang.
+pub fn port(env: &[(String, String)], annotations: &HashMap<String, String>) -> Result<u16, Error> {
+    match crate::knobs::HTTP_PORT.lookup(env, annotations) {
         None => Ok(DEFAULT_HTTP_PORT),
-        Some((_, v)) => v.parse().map_err(|_| Error::Unsupported {
-            origin: HTTP_PORT_ENV.to_string(),
-            reason: format!("{v:?} is not a TCP port number"),
-        }),
+        Some(s) => s
+            .value
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Error::Unsupported {
+                origin: s.origin,
+                reason: format!("{:?} is not a TCP port number (1-65535)", s.value),
+            }),
     }
 }
 
@@ -318,16 +325,44 @@ mod tests {
     }
 
     #[test]
-    fn port_comes_from_env_or_defaults() {
-        assert_eq!(port_from_env(&[]).unwrap(), 8080);
-        let env = vec![(HTTP_PORT_ENV.to_string(), "9000".to_string())];
-        assert_eq!(port_from_env(&env).unwrap(), 9000);
-        let bad = vec![(HTTP_PORT_ENV.to_string(), "http".to_string())];
-        assert!(
-            port_from_env(&bad)
-                .unwrap_err()
-                .to_string()
-                .contains("http")
-        );
+    fn port_comes_from_env_annotation_or_default() {
+        let env = |v: &str| vec![(crate::knobs::HTTP_PORT.env.to_string(), v.to_string())];
+        let ann = |v: &str| {
+            HashMap::from([(
+                crate::knobs::HTTP_PORT.annotation.to_string(),
+                v.to_string(),
+            )])
+        };
+        let none = HashMap::new();
+        type Env = Vec<(String, String)>;
+        type Annotations = HashMap<String, String>;
+        let cases: [(Env, Annotations, Result<u16, &str>); 7] = [
+            (vec![], none.clone(), Ok(8080)),
+            (env("9000"), none.clone(), Ok(9000)),
+            (vec![], ann("9001"), Ok(9001)),
+            (env("9000"), ann("9001"), Ok(9000)),
+            (
+                env("http"),
+                none.clone(),
+                Err("env WASMRUNTIME_HTTP_PORT: \"http\" is not"),
+            ),
+            (
+                vec![],
+                ann("0"),
+                Err("annotation wasmruntime.dev/http-port: \"0\" is not"),
+            ),
+            (
+                vec![],
+                ann("70000"),
+                Err("\"70000\" is not a TCP port number"),
+            ),
+        ];
+        for (env, ann, want) in cases {
+            match (port(&env, &ann), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{env:?} {ann:?}"),
+                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{e}"),
+                (got, want) => panic!("{env:?} {ann:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

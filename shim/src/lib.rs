@@ -17,6 +17,7 @@
 //! - [`mounts`], [`limits`]: what the guest may see (preopens) and how much memory it may
 //!   use, derived from the container's own `/proc/self/{mountinfo,cgroup}`.
 //! - [`logging`]: our `tracing` events into the shim log, without a record per WASI call.
+//! - [`knobs`]: per-container settings from the container env or the pod's annotations.
 //! - [`options`]: the node's guest defaults (`options.json` beside the shim, written by
 //!   the installer from the WasmRuntime).
 //! - [`cache`]: precompiled-module cache, one file cache for every image kind.
@@ -31,6 +32,7 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod knobs;
 pub mod limits;
 pub mod logging;
 pub mod mounts;

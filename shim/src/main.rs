@@ -20,10 +20,11 @@ and wasi:http/incoming-handler components (served over HTTP). The guest sees the
 own ro/rw modes; its linear memory is capped at the container memory limit (exit 137 when
 exceeded); SIGTERM stops it (exit 143).
 
-Environment of the container:
+Environment of the container (or the pod annotation in brackets; the env wins):
   WASMRUNTIME_NETWORK=allow|deny   the guest's network access (wasi:sockets, outgoing
-                                   wasi:http); without it, the node default applies
+    [wasmruntime.dev/network]      wasi:http); without either, the node default applies
   WASMRUNTIME_HTTP_PORT=PORT       port of a wasi:http component [default: 8080]
+    [wasmruntime.dev/http-port]
 options.json beside this binary (written by wasm-installer; node defaults, read at start):
   {\"network\": \"deny\"|\"allow\", \"precompile\": true|false,
    \"defaultMemoryLimitBytes\": N|null}     [default: deny, true, null]

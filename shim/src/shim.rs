@@ -5,6 +5,7 @@
 //! `pivot_root`, `chdir(cwd)` and seccomp are done; its return value becomes the process
 //! exit status. Everything here therefore sees the container's view of the world.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,9 +40,13 @@ pub struct WasmtimeSandbox;
 
 impl WasmtimeSandbox {
     /// Runs the container's guest: its exit code, and whether it ended by outgrowing its
-    /// memory limit (the caller reports that as an OOM kill).
-    pub async fn run(ctx: &impl RuntimeContext) -> (i32, bool) {
-        match run_container(ctx).await {
+    /// memory limit (the caller reports that as an OOM kill). `annotations` are the
+    /// container spec's ([`crate::knobs`]).
+    pub async fn run(
+        ctx: &impl RuntimeContext,
+        annotations: &HashMap<String, String>,
+    ) -> (i32, bool) {
+        match run_container(ctx, annotations).await {
             Ok(outcome) => {
                 report(&outcome);
                 let oom = matches!(outcome, Outcome::MemoryLimitExceeded { .. });
@@ -66,7 +71,7 @@ impl WasmtimeSandbox {
 /// the engine elsewhere; the shim itself calls [`WasmtimeSandbox::run`].
 impl Sandbox for WasmtimeSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> anyhow::Result<i32> {
-        Ok(Self::run(ctx).await.0)
+        Ok(Self::run(ctx, &HashMap::new()).await.0)
     }
 
     /// Runs at container start; replaces the library's check (which also accepts `.wat`)
@@ -90,7 +95,10 @@ impl Sandbox for WasmtimeSandbox {
     }
 }
 
-async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
+async fn run_container(
+    ctx: &impl RuntimeContext,
+    annotations: &HashMap<String, String>,
+) -> Result<Outcome, Error> {
     let node = options::loaded();
     if let Some(problem) = &node.problem {
         tracing::warn!(%problem, "options.json unusable; node defaults apply (network denied)");
@@ -126,8 +134,9 @@ async fn run_container(ctx: &impl RuntimeContext) -> Result<Outcome, Error> {
     }
     let cfg = RunConfig {
         args,
-        network: NetworkPolicy::resolve(&env, node.options.network),
+        network: NetworkPolicy::resolve(&env, annotations, node.options.network),
         env,
+        annotations: annotations.clone(),
         cwd: cwd.as_ref().and_then(|c| c.to_str()).map(str::to_string),
         preopens: mounts::container_preopens(cwd.as_deref()),
         memory_limit: limits::container_memory_limit().or(node.options.default_memory_limit_bytes),

@@ -5,7 +5,8 @@
 //!
 //! Steps: 1 install (helm, WasmRuntime Ready, node provisioned, RuntimeClass), 2 Jobs
 //! (classic compat-smart image, p2 component, exit code 3), 3 wasi:http behind a Service
-//! (Service IP, port-forward) beside a runc pod, 4 volumes, memory limit (137, `OOMKilled`),
+//! (port from the pod annotation `wasmruntime.dev/http-port`; Service IP, port-forward)
+//! beside a runc pod, 4 volumes, memory limit (137, `OOMKilled`),
 //! graceful delete, 5 day-2 re-roll under HTTP load, 6 a broken install rolled back (two
 //! containerd restarts under HTTP load, the Wasm pod untouched), 7 deletion while in use
 //! and `helm uninstall`, 8 docs/getting-started.md run verbatim.
@@ -214,25 +215,36 @@ fn step2_jobs(node: &Node) -> Result<()> {
     Ok(())
 }
 
+/// Port of the wasi:http pod, set by its annotation (not the shim's default 8080): a pod
+/// that turns ready proves CRI copied the annotation to the shim (the installer's
+/// `pod_annotations` in the runtime entry).
+const HTTP_POD_PORT: u16 = 8081;
+
 fn step3_http(node: &Node) -> Result<SocketAddr> {
     let mut spec = pod(workload("http.wasm"), &[]);
     spec["restartPolicy"] = json!("Always");
-    spec["containers"][0]["ports"] = json!([{"containerPort": 8080}]);
+    spec["containers"][0]["ports"] = json!([{"containerPort": HTTP_POD_PORT}]);
     spec["containers"][0]["readinessProbe"] =
-        json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1});
+        json!({"httpGet": {"path": "/ready", "port": HTTP_POD_PORT}, "periodSeconds": 1});
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "e2e-http", "namespace": "default"},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": "e2e-http"}},
-            "template": {"metadata": {"labels": {"app": "e2e-http"}}, "spec": spec}
+            "template": {
+                "metadata": {
+                    "labels": {"app": "e2e-http"},
+                    "annotations": {"wasmruntime.dev/http-port": HTTP_POD_PORT.to_string()}
+                },
+                "spec": spec
+            }
         }
     });
     let service = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "e2e-http", "namespace": "default"},
-        "spec": {"selector": {"app": "e2e-http"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        "spec": {"selector": {"app": "e2e-http"}, "ports": [{"port": 80, "targetPort": HTTP_POD_PORT}]}
     });
     let runc = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -282,7 +294,7 @@ fn step3_http(node: &Node) -> Result<SocketAddr> {
     let line = lines.next().context("port-forward printed nothing")??;
     // Keep draining: kubectl (Go) dies of SIGPIPE when its stdout closes.
     std::thread::spawn(move || lines.for_each(drop));
-    // "Forwarding from 127.0.0.1:40123 -> 8080"
+    // "Forwarding from 127.0.0.1:40123 -> 8081"
     let port = line
         .split_once("127.0.0.1:")
         .and_then(|(_, r)| r.split_whitespace().next())

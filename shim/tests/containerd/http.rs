@@ -1,5 +1,6 @@
 //! A `wasi:http/incoming-handler` component (C, built here) served through real
-//! containerd on the host network (`ctr run --net-host`), port from the env knob.
+//! containerd on the host network (`ctr run --net-host`), port from the env knob or the
+//! pod annotation (`ctr run --annotation`, what CRI copies into the spec).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -12,7 +13,10 @@ use testbed::versions::DebPackage;
 use crate::fixtures;
 use crate::harness::{Bed, image_name, unique, wasm_image};
 
-crate::on_every_containerd!(http_component_answers_many_requests);
+crate::on_every_containerd!(
+    http_component_answers_many_requests,
+    http_port_from_the_pod_annotation,
+);
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -87,5 +91,81 @@ fn http_component_answers_many_requests(v: DebPackage) {
     assert!(
         get(port, "/after").is_err(),
         "still listening after SIGTERM"
+    );
+}
+
+/// The pod annotation sets the port; the container env overrules it; a value that is not
+/// a port stops the container with a reason naming the annotation (not a silent 8080).
+fn http_port_from_the_pod_annotation(v: DebPackage) {
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("http", &fixtures::http_component()));
+    let (annotated, from_env) = (free_port(), free_port());
+    for (flags, port) in [
+        (
+            vec![format!("wasmruntime.dev/http-port={annotated}")],
+            annotated,
+        ),
+        (
+            vec![
+                format!("wasmruntime.dev/http-port={annotated}"),
+                format!("--env=WASMRUNTIME_HTTP_PORT={from_env}"),
+            ],
+            from_env,
+        ),
+    ] {
+        let mut args = vec!["--net-host".to_string(), "--annotation".to_string()];
+        args.extend(flags);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = unique("http");
+        let mut child = bed
+            .run_cmd(WASMTIME_RUNTIME, &args, &image_name("http"), &id, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let resp = loop {
+            if let Ok(r) = get(port, "/which") {
+                break r;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "{args:?}: server exited {status}: {out:?}\n{}",
+                    bed.ctrd.log()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{args:?}: never listened on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(resp.contains("hello from wasi:http /which"), "{resp}");
+        if port == from_env {
+            assert!(
+                get(annotated, "/").is_err(),
+                "{args:?}: also listening on the annotation's port"
+            );
+        }
+        bed.sigterm(&id);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(143), "{out:?}");
+    }
+    let bad = bed.run_wasm(
+        &[
+            "--net-host",
+            "--annotation",
+            "wasmruntime.dev/http-port=web",
+        ],
+        &image_name("http"),
+        &[],
+    );
+    assert_eq!(bad.code(), 126, "{}", bad.describe());
+    assert!(
+        bad.stderr()
+            .contains("annotation wasmruntime.dev/http-port: \"web\" is not a TCP port number"),
+        "{}",
+        bad.describe()
     );
 }

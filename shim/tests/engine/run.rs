@@ -199,19 +199,33 @@ fn non_wasm_entrypoint_error_names_the_file_and_the_magic() {
 #[test]
 fn network_policy_knob() {
     use NetworkPolicy::{Allow, Deny};
+    use std::collections::HashMap;
     let env = |v: &str| vec![("WASMRUNTIME_NETWORK".to_string(), v.to_string())];
-    // the container's env decides; without it, the node default (options.json)
+    let ann = |v: &str| HashMap::from([("wasmruntime.dev/network".to_string(), v.to_string())]);
+    let none = HashMap::new();
+    // the container's env decides, else the pod's annotation, else the node default
     for default in [Deny, Allow] {
-        assert_eq!(NetworkPolicy::resolve(&[], default), default);
-        assert_eq!(NetworkPolicy::resolve(&env("allow"), default), Allow);
-        assert_eq!(NetworkPolicy::resolve(&env("ALLOW"), default), Allow);
-        assert_eq!(NetworkPolicy::resolve(&env("deny"), default), Deny);
-        assert_eq!(NetworkPolicy::resolve(&env("yes"), default), default);
+        assert_eq!(NetworkPolicy::resolve(&[], &none, default), default);
+        assert_eq!(NetworkPolicy::resolve(&env("allow"), &none, default), Allow);
+        assert_eq!(NetworkPolicy::resolve(&env("ALLOW"), &none, default), Allow);
+        assert_eq!(NetworkPolicy::resolve(&env("deny"), &none, default), Deny);
+        assert_eq!(NetworkPolicy::resolve(&env("yes"), &none, default), default);
+        assert_eq!(NetworkPolicy::resolve(&[], &ann("allow"), default), Allow);
+        assert_eq!(NetworkPolicy::resolve(&[], &ann("deny"), default), Deny);
+        assert_eq!(NetworkPolicy::resolve(&[], &ann("maybe"), default), default);
+        assert_eq!(
+            NetworkPolicy::resolve(&env("deny"), &ann("allow"), default),
+            Deny
+        );
+        assert_eq!(
+            NetworkPolicy::resolve(&env("allow"), &ann("deny"), default),
+            Allow
+        );
     }
     // the last occurrence wins, as for any env variable
     let twice = vec![
         ("WASMRUNTIME_NETWORK".to_string(), "allow".to_string()),
         ("WASMRUNTIME_NETWORK".to_string(), "deny".to_string()),
     ];
-    assert_eq!(NetworkPolicy::resolve(&twice, Allow), Deny);
+    assert_eq!(NetworkPolicy::resolve(&twice, &none, Allow), Deny);
 }
