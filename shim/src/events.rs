@@ -79,8 +79,10 @@ impl Publish for Containerd {
 }
 
 /// How long the connection to containerd outlives the last event: long enough that the
-/// events of one container's start and a quick exit share it.
-pub const IDLE_DISCONNECT: Duration = Duration::from_secs(1);
+/// events of one container's create, start and a quick exit share it (they come within
+/// milliseconds), and shorter than the wait before the shim drops its code pages
+/// ([`crate::trim::IDLE_AFTER`]), so the teardown's code is not paged in again after it.
+pub const IDLE_DISCONNECT: Duration = Duration::from_millis(250);
 
 /// Retry pacing while containerd is away.
 const RETRY_FIRST: Duration = Duration::from_millis(50);

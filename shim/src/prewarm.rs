@@ -9,18 +9,13 @@
 //! So as soon as a create is coming, a process writes its own pid into the `cgroup.procs`
 //! of the cgroup it is already in: a migration that moves nothing, changes nothing, but
 //! pays the grace period while containerd spawns the daemon, the shim mounts the rootfs
-//! and youki forks. The lock turns cold again about a grace period after its last
-//! writer, so the writer repeats the no-op every 2 ms until youki's writes are done.
-//! `shim start` (containerd runs it for every container, ~15 ms before youki's write)
-//! forks a child for it that keeps the lock warm for 60 ms, as the write blocks and
-//! `start` must exit at once; the create request keeps it warm on a thread from its
-//! arrival until youki's create returned (the daemon of a pod may get a create without a
-//! fresh `start`). Best effort: any failure only means the create waits as it did before.
+//! and youki forks; youki's own write then finds the lock warm. `shim start` (containerd
+//! runs it for every container, ~15 ms before youki's write) forks a child for it, as the
+//! write blocks and `start` must exit at once; a create request starts it on a thread too
+//! (the daemon of a pod may get a create without a fresh `start`). Best effort: any
+//! failure only means the create waits as it did before.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::mounts::{MountEntry, parse_mountinfo};
 
@@ -45,64 +40,35 @@ pub fn own_procs_file(proc_cgroup: &str, mounts: &[MountEntry]) -> Option<PathBu
     })
 }
 
-/// How often a warm-keeping writer writes: well under a grace period, so the lock
-/// never falls back to its fast (idle) mode between two writes.
-const KEEP_WARM_EVERY: Duration = Duration::from_millis(2);
-
-/// How long `shim start`'s child keeps the lock warm: until the create request has come
-/// and [`cgroup_lock`] keeps it warm itself (containerd sends it within ~10-20 ms).
-const START_KEEPS_WARM: Duration = Duration::from_millis(60);
-
-/// Writes now and then every [`KEEP_WARM_EVERY`] while `go_on()` says so: the first
-/// write waits out the grace period, later ones find the lock warm and keep it so.
-fn keep_warm(go_on: impl Fn() -> bool) -> Result<(), String> {
+/// The no-op migration of this process; returns once the kernel took the lock.
+fn write_own_pid() -> Result<(), String> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let file = own_procs_file(&cgroup, &parse_mountinfo(&mountinfo))
         .ok_or("no mounted cgroup hierarchy of this process")?;
-    let pid = std::process::id().to_string();
-    loop {
-        std::fs::write(&file, &pid).map_err(|e| format!("{}: {e}", file.display()))?;
-        if !go_on() {
-            return Ok(());
-        }
-        std::thread::sleep(KEEP_WARM_EVERY);
-    }
+    std::fs::write(&file, std::process::id().to_string())
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
-/// Keeps the lock warm, on a thread of its own (the first write blocks for the grace
-/// period), until the returned guard is dropped: hold it across youki's create.
-#[must_use = "the lock stays warm only while the guard lives"]
-pub fn cgroup_lock() -> Warm {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+/// Starts the grace period now, on a thread of its own (the write blocks for it).
+pub fn cgroup_lock() {
     let spawned = std::thread::Builder::new()
         .name("cgroup-prewarm".into())
         .stack_size(64 << 10)
-        .spawn(move || {
-            if let Err(e) = keep_warm(|| !flag.load(Ordering::Relaxed)) {
+        .spawn(|| {
+            if let Err(e) = write_own_pid() {
                 tracing::debug!(error = e, "cgroup lock not prewarmed");
             }
         });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "cgroup lock not prewarmed");
     }
-    Warm(stop)
 }
 
-/// Stops [`cgroup_lock`]'s writer when dropped.
-pub struct Warm(Arc<AtomicBool>);
-
-impl Drop for Warm {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Keeps the lock warm for [`START_KEEPS_WARM`] in a forked child that then exits, for
-/// a process that is about to exit itself (`shim start`). Only while single-threaded:
-/// fork copies the calling thread alone. The orphaned child is reaped like the shim
-/// daemon it runs beside (by containerd or init).
+/// Starts the grace period in a forked child that exits when done, for a process that
+/// is about to exit itself (`shim start`). Only while single-threaded: fork copies the
+/// calling thread alone. The orphaned child is reaped like the shim daemon it runs
+/// beside (by containerd or init).
 pub fn cgroup_lock_in_child() {
     #[allow(unsafe_code)]
     // SAFETY: the caller is single-threaded (main before any thread), so the child's
@@ -117,8 +83,7 @@ pub fn cgroup_lock_in_child() {
             libc::close(1);
             libc::close(2);
         }
-        let until = Instant::now() + START_KEEPS_WARM;
-        let _ = keep_warm(|| Instant::now() < until);
+        let _ = write_own_pid();
         #[allow(unsafe_code)]
         // SAFETY: ends the child without running the parent's exit handlers twice.
         unsafe {

@@ -209,8 +209,8 @@ impl Service {
     }
 
     fn create_task(&self, req: &CreateTaskRequest) -> TtrpcResult<u32> {
-        // youki's cgroup writes come after the rootfs mount and its forks
-        let _warm = crate::prewarm::cgroup_lock();
+        // youki's cgroup write comes after the rootfs mount and its forks
+        crate::prewarm::cgroup_lock();
         let options = req
             .options
             .as_ref()

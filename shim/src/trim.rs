@@ -184,8 +184,9 @@ pub fn release() -> std::io::Result<u64> {
 /// glibc gives each thread that allocates an arena of its own (up to 8 per CPU), and
 /// the shim's threads (ttrpc server workers, reaper, events, tokio) each keep theirs,
 /// with what they freed, for the life of the shim. Call while single-threaded, first thing
-/// in the daemon. The shim allocates little and rarely: the one lock costs nothing
-/// measurable, and tcache still serves small allocations per thread without it.
+/// in the daemon. The shim allocates little and rarely, so the one arena's lock is hardly
+/// contended, and tcache still serves small allocations per thread. Measured on an idle
+/// container: ~0.1 MiB less anonymous memory in the shim.
 pub fn one_malloc_arena() {
     #[allow(unsafe_code)]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
