@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use containerd_shim_wasm::sandbox::Sandbox as _;
 use containerd_shim_wasm::sandbox::context::{Entrypoint, RuntimeContext, Source, WasmLayer};
-use containerd_shimkit::AmbientRuntime as _;
 use containerd_shimkit::zygote::{WireError, WireFd, Zygote};
 use libcontainer::container::Container as Youki;
 use libcontainer::container::builder::ContainerBuilder;
@@ -367,6 +366,15 @@ impl Executor {
     }
 }
 
+/// The container init's tokio runtime, with `workers` worker threads (`None`: one per CPU).
+fn guest_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
 /// `(env_start, env_end)` of a process from its `/proc/<pid>/stat` text (fields 50 and 51;
 /// counted after the `)` that ends the command name, which may hold spaces).
 fn env_range(stat: &str) -> Option<(u64, u64)> {
@@ -412,9 +420,11 @@ impl libcontainer::workload::Executor for Executor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         match self.kind(spec) {
             Kind::Native => DefaultExecutor {}.validate(spec),
-            Kind::Wasm => WasmtimeSandbox
-                .can_handle(&self.ctx(spec))
-                .block_on()
+            // A runtime without threads: the check only reads a file header.
+            Kind::Wasm => tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(WasmtimeSandbox.can_handle(&self.ctx(spec))))
                 .map_err(|_| ExecutorValidationError::CantHandle("wasmtime")),
         }
     }
@@ -429,7 +439,15 @@ impl libcontainer::workload::Executor for Executor {
                 tracing::info!("running the guest of {}", self.id);
                 crate::trim::after_start(|| crate::trim::release_logged("container init"));
                 let annotations = spec.annotations().clone().unwrap_or_default();
-                let (code, oom) = WasmtimeSandbox::run(&self.ctx(spec), &annotations).block_on();
+                let ctx = self.ctx(spec);
+                let workers = crate::shim::runtime_workers(crate::shim::entrypoint_kind(&ctx));
+                let (code, oom) = match guest_runtime(workers) {
+                    Ok(rt) => rt.block_on(WasmtimeSandbox::run(&ctx, &annotations)),
+                    Err(e) => {
+                        eprintln!("containerd-shim-wasmtime: starting the async runtime: {e}");
+                        (126, false)
+                    }
+                };
                 tracing::info!("the guest of {} exited with {code}", self.id);
                 if oom {
                     let _ = File::from(self.oom.try_clone().expect("dup")).write_all(b"oom");

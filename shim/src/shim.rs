@@ -67,6 +67,31 @@ impl WasmtimeSandbox {
     }
 }
 
+/// Worker threads of a container's async runtime, beside the thread that drives the guest
+/// (`block_on`), by what the entrypoint's header says. A core module has only the SIGTERM
+/// watch and its timers beside it: one worker. A component may be a wasi:http server whose
+/// connections run on the workers: tokio's default, one per CPU the container may use
+/// (`None`). containerd-shim-wasm's ambient runtime always starts one per CPU, which on a
+/// 64-CPU node is 64 idle threads in every Wasm container.
+pub fn runtime_workers(kind: Option<WasmKind>) -> Option<usize> {
+    match kind {
+        Some(WasmKind::Module) => Some(1),
+        Some(WasmKind::Component) | None => None,
+    }
+}
+
+/// The kind of Wasm the container's entrypoint holds, from its header; `None` when it
+/// cannot be read (the run reports why).
+pub fn entrypoint_kind(ctx: &impl RuntimeContext) -> Option<WasmKind> {
+    match ctx.entrypoint().source {
+        Source::File(path) => resolve_entrypoint(&path, &env_pairs(ctx.envs()))
+            .and_then(|p| read_head(&p))
+            .ok()
+            .and_then(|head| WasmKind::detect(&head)),
+        Source::Oci(layers) => layers.iter().find_map(|l| WasmKind::detect(&l.layer)),
+    }
+}
+
 /// containerd-shim-wasm's engine interface, kept for its test helpers and for embedding
 /// the engine elsewhere; the shim itself calls [`WasmtimeSandbox::run`].
 impl Sandbox for WasmtimeSandbox {
@@ -291,6 +316,18 @@ fn read_head(path: &Path) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_workers_by_kind() {
+        let cases = [
+            (Some(WasmKind::Module), Some(1)),
+            (Some(WasmKind::Component), None),
+            (None, None),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(runtime_workers(kind), want, "{kind:?}");
+        }
+    }
 
     #[test]
     fn env_pairs_split_at_first_equals() {

@@ -157,11 +157,21 @@ impl Bed {
 
     /// Task status from `ctr tasks ls` ("RUNNING", "STOPPED"), if the task exists.
     pub fn task_status(&self, id: &str) -> Option<String> {
+        self.task_column(id, 2)
+    }
+
+    /// The PID of the task's init process (the guest's, for a Wasm container).
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        self.task_column(id, 1)?.parse().ok()
+    }
+
+    /// A column of `ctr tasks ls` (`TASK PID STATUS`) for task `id`.
+    fn task_column(&self, id: &str, column: usize) -> Option<String> {
         let out = self.ctrd.ctr().args(["tasks", "ls"]).output().ok()?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find(|l| l.split_whitespace().next() == Some(id))
-            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .and_then(|l| l.split_whitespace().nth(column).map(str::to_string))
     }
 }
 

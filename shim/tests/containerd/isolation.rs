@@ -239,6 +239,15 @@ fn sigterm_exits_143_within_a_second(v: DebPackage) {
         }
         // let the guest get into its loop / host call
         std::thread::sleep(Duration::from_millis(300));
+        // A core module's runtime has one worker beside the guest's thread, whatever the
+        // CPU count (containerd-shim-wasm's would have one per CPU), and still stops below.
+        let pid = bed.task_pid(&id).expect("task pid");
+        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "tokio-rt-worker")
+            .count();
+        assert_eq!(workers, 1, "{fixture}: tokio workers in the container init");
         let killed = Instant::now();
         bed.sigterm(&id);
         let out = child.wait_with_output().unwrap();
