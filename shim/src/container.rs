@@ -439,14 +439,15 @@ impl libcontainer::workload::Executor for Executor {
                 tracing::info!("running the guest of {}", self.id);
                 crate::trim::after_start(|| crate::trim::release_logged("container init"));
                 let annotations = spec.annotations().clone().unwrap_or_default();
-                let ctx = self.ctx(spec);
-                let workers = crate::shim::runtime_workers(crate::shim::entrypoint_kind(&ctx));
-                let (code, oom) = match guest_runtime(workers) {
-                    Ok(rt) => rt.block_on(WasmtimeSandbox::run(&ctx, &annotations)),
-                    Err(e) => {
-                        eprintln!("containerd-shim-wasmtime: starting the async runtime: {e}");
-                        (126, false)
-                    }
+                let (code, oom) = match WasmtimeSandbox::prepare(&self.ctx(spec), &annotations) {
+                    Err(code) => (code, false),
+                    Ok(prepared) => match guest_runtime(prepared.runtime_workers()) {
+                        Ok(rt) => rt.block_on(WasmtimeSandbox::run_prepared(prepared)),
+                        Err(e) => {
+                            eprintln!("containerd-shim-wasmtime: starting the async runtime: {e}");
+                            (126, false)
+                        }
+                    },
                 };
                 tracing::info!("the guest of {} exited with {code}", self.id);
                 if oom {

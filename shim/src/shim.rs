@@ -46,49 +46,84 @@ impl WasmtimeSandbox {
         ctx: &impl RuntimeContext,
         annotations: &HashMap<String, String>,
     ) -> (i32, bool) {
-        match run_container(ctx, annotations).await {
+        match Self::prepare(ctx, annotations) {
+            Ok(prepared) => Self::run_prepared(prepared).await,
+            Err(code) => (code, false),
+        }
+    }
+
+    /// The synchronous half of [`WasmtimeSandbox::run`]: loads (or compiles) the guest
+    /// and works out its configuration, before any async runtime exists, so the caller can
+    /// size one for it ([`Prepared::runtime_workers`]). On failure, the exit code.
+    pub fn prepare(
+        ctx: &impl RuntimeContext,
+        annotations: &HashMap<String, String>,
+    ) -> Result<Prepared, i32> {
+        prepare(ctx, annotations).map_err(|e| cannot_run(&e))
+    }
+
+    /// The asynchronous half of [`WasmtimeSandbox::run`], inside a tokio runtime.
+    pub async fn run_prepared(prepared: Prepared) -> (i32, bool) {
+        match prepared.run().await {
             Ok(outcome) => {
                 report(&outcome);
                 let oom = matches!(outcome, Outcome::MemoryLimitExceeded { .. });
                 (outcome.exit_code(), oom)
             }
-            // A container that cannot start gets what a shell gives a command it cannot
-            // run: 127 not found, 126 not runnable; the reason goes to the container log.
-            Err(e) => {
-                let code = match e {
-                    Error::EntrypointNotFound { .. } => 127,
-                    _ => 126,
-                };
-                eprintln!("containerd-shim-wasmtime: {}", chain(&e));
-                tracing::error!(error = %chain(&e), code, "container cannot run");
-                (code, false)
-            }
+            Err(e) => (cannot_run(&e), false),
         }
     }
 }
 
-/// Worker threads of a container's async runtime, beside the thread that drives the guest
-/// (`block_on`), by what the entrypoint's header says. A core module has only the SIGTERM
-/// watch and its timers beside it: one worker. A component may be a wasi:http server whose
-/// connections run on the workers: tokio's default, one per CPU the container may use
-/// (`None`). containerd-shim-wasm's ambient runtime always starts one per CPU, which on a
-/// 64-CPU node is 64 idle threads in every Wasm container.
-pub fn runtime_workers(kind: Option<WasmKind>) -> Option<usize> {
-    match kind {
-        Some(WasmKind::Module) => Some(1),
-        Some(WasmKind::Component) | None => None,
+/// A container that cannot start gets what a shell gives a command it cannot run: 127 not
+/// found, 126 not runnable; the reason goes to the container log.
+fn cannot_run(e: &Error) -> i32 {
+    let code = match e {
+        Error::EntrypointNotFound { .. } => 127,
+        _ => 126,
+    };
+    eprintln!("containerd-shim-wasmtime: {}", chain(e));
+    tracing::error!(error = %chain(e), code, "container cannot run");
+    code
+}
+
+/// A loaded guest with its engine and configuration ([`WasmtimeSandbox::prepare`]).
+pub struct Prepared {
+    engine: WasmEngine,
+    guest: Guest,
+    cfg: RunConfig,
+}
+
+impl Prepared {
+    /// Worker threads the guest's async runtime needs: [`runtime_workers`] of its kind.
+    pub fn runtime_workers(&self) -> Option<usize> {
+        runtime_workers(match self.guest {
+            Guest::Module(_) => WasmKind::Module,
+            Guest::Component(_) => WasmKind::Component,
+        })
+    }
+
+    async fn run(self) -> Result<Outcome, Error> {
+        let stop = self.engine.stop_handle();
+        let watcher = stop_on_sigterm(stop.clone());
+        let outcome = self.engine.run(&self.guest, self.cfg, &stop).await;
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        outcome
     }
 }
 
-/// The kind of Wasm the container's entrypoint holds, from its header; `None` when it
-/// cannot be read (the run reports why).
-pub fn entrypoint_kind(ctx: &impl RuntimeContext) -> Option<WasmKind> {
-    match ctx.entrypoint().source {
-        Source::File(path) => resolve_entrypoint(&path, &env_pairs(ctx.envs()))
-            .and_then(|p| read_head(&p))
-            .ok()
-            .and_then(|head| WasmKind::detect(&head)),
-        Source::Oci(layers) => layers.iter().find_map(|l| WasmKind::detect(&l.layer)),
+/// Worker threads of a container's async runtime, beside the thread that drives the guest
+/// (`block_on`). A core module has only the SIGTERM watch and its timers beside it: one
+/// worker. A component may be a wasi:http server whose connections run on the workers:
+/// tokio's default, one per CPU the container may use (`None`). containerd-shim-wasm's
+/// ambient runtime always starts one per CPU, which on a 64-CPU node is 64 idle threads in
+/// every Wasm container.
+pub fn runtime_workers(kind: WasmKind) -> Option<usize> {
+    match kind {
+        WasmKind::Module => Some(1),
+        WasmKind::Component => None,
     }
 }
 
@@ -120,10 +155,10 @@ impl Sandbox for WasmtimeSandbox {
     }
 }
 
-async fn run_container(
+fn prepare(
     ctx: &impl RuntimeContext,
     annotations: &HashMap<String, String>,
-) -> Result<Outcome, Error> {
+) -> Result<Prepared, Error> {
     let node = options::loaded();
     if let Some(problem) = &node.problem {
         tracing::warn!(%problem, "options.json unusable; node defaults apply (network denied)");
@@ -175,14 +210,7 @@ async fn run_container(
         network = ?cfg.network,
         "starting guest"
     );
-
-    let stop = engine.stop_handle();
-    let watcher = stop_on_sigterm(stop.clone());
-    let outcome = engine.run(&guest, cfg, &stop).await;
-    if let Some(w) = watcher {
-        w.abort();
-    }
-    outcome
+    Ok(Prepared { engine, guest, cfg })
 }
 
 /// The one Wasm layer of an OCI artifact, through the same file cache as rootfs modules.
@@ -319,11 +347,7 @@ mod tests {
 
     #[test]
     fn runtime_workers_by_kind() {
-        let cases = [
-            (Some(WasmKind::Module), Some(1)),
-            (Some(WasmKind::Component), None),
-            (None, None),
-        ];
+        let cases = [(WasmKind::Module, Some(1)), (WasmKind::Component, None)];
         for (kind, want) in cases {
             assert_eq!(runtime_workers(kind), want, "{kind:?}");
         }
