@@ -4,7 +4,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed::containerd::WASMTIME_RUNTIME;
@@ -39,20 +39,13 @@ pub fn get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(text)
 }
 
-fn http_component_answers_many_requests(v: DebPackage) {
-    let bed = Bed::start(v);
-    bed.import(&wasm_image("http", &fixtures::http_component()));
-    let port = free_port();
-    let id = unique("http");
-    let env = format!("WASMRUNTIME_HTTP_PORT={port}");
+/// Starts the imported `http` image on the host network (`ctr run --net-host`, plus
+/// `flags`) as container `id`, and waits until it answers on `port`.
+fn serve(bed: &Bed, flags: &[&str], id: &str, port: u16) -> Child {
+    let mut args = vec!["--net-host"];
+    args.extend(flags);
     let mut child = bed
-        .run_cmd(
-            WASMTIME_RUNTIME,
-            &["--net-host", "--env", &env],
-            &image_name("http"),
-            &id,
-            &[],
-        )
+        .run_cmd(WASMTIME_RUNTIME, &args, &image_name("http"), id, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -61,11 +54,27 @@ fn http_component_answers_many_requests(v: DebPackage) {
     while get(port, "/ready").is_err() {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
-            panic!("server exited {status}: {out:?}\n{}", bed.ctrd.log());
+            panic!(
+                "{flags:?}: server exited {status}: {out:?}\n{}",
+                bed.ctrd.log()
+            );
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never listened");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{flags:?}: never listened on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+fn http_component_answers_many_requests(v: DebPackage) {
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("http", &fixtures::http_component()));
+    let port = free_port();
+    let id = unique("http");
+    let env = format!("WASMRUNTIME_HTTP_PORT={port}");
+    let child = serve(&bed, &["--env", &env], &id, port);
     let threads: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
@@ -100,52 +109,20 @@ fn http_port_from_the_pod_annotation(v: DebPackage) {
     let bed = Bed::start(v);
     bed.import(&wasm_image("http", &fixtures::http_component()));
     let (annotated, from_env) = (free_port(), free_port());
+    let annotation = format!("wasmruntime.dev/http-port={annotated}");
+    let env = format!("WASMRUNTIME_HTTP_PORT={from_env}");
     for (flags, port) in [
-        (
-            vec![format!("wasmruntime.dev/http-port={annotated}")],
-            annotated,
-        ),
-        (
-            vec![
-                format!("wasmruntime.dev/http-port={annotated}"),
-                format!("--env=WASMRUNTIME_HTTP_PORT={from_env}"),
-            ],
-            from_env,
-        ),
+        (vec!["--annotation", &annotation], annotated),
+        (vec!["--annotation", &annotation, "--env", &env], from_env),
     ] {
-        let mut args = vec!["--net-host".to_string(), "--annotation".to_string()];
-        args.extend(flags);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = unique("http");
-        let mut child = bed
-            .run_cmd(WASMTIME_RUNTIME, &args, &image_name("http"), &id, &[])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let resp = loop {
-            if let Ok(r) = get(port, "/which") {
-                break r;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "{args:?}: server exited {status}: {out:?}\n{}",
-                    bed.ctrd.log()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{args:?}: never listened on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let child = serve(&bed, &flags, &id, port);
+        let resp = get(port, "/which").expect("request");
         assert!(resp.contains("hello from wasi:http /which"), "{resp}");
         if port == from_env {
             assert!(
                 get(annotated, "/").is_err(),
-                "{args:?}: also listening on the annotation's port"
+                "{flags:?}: also listening on the annotation's port"
             );
         }
         bed.sigterm(&id);
