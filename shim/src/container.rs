@@ -83,6 +83,7 @@ fn op(id: &str, op: Op) -> Result<(), WireError> {
 }
 
 fn op_in_zygote((id, op): (String, Op)) -> Result<(), WireError> {
+    crate::trim::cancel_in_zygote();
     let result: Result<(), String> = CONTAINERS.with_borrow_mut(|all| {
         let Some(c) = all.get_mut(&id) else {
             // deleting twice is fine; anything else on an unknown id is a bug upstream
@@ -109,7 +110,7 @@ fn op_in_zygote((id, op): (String, Op)) -> Result<(), WireError> {
 pub fn trim_zygote() {
     match Zygote::global().try_run(trim_in_zygote, ()) {
         Ok(Ok(bytes)) => {
-            tracing::debug!("zygote: dropped {} KiB of clean code pages", bytes / 1024)
+            tracing::debug!("zygote: dropping {} KiB of clean code pages", bytes / 1024)
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "zygote: cannot drop clean code pages"),
         Err(e) => tracing::warn!(error = %e, "zygote: cannot drop clean code pages"),
@@ -117,7 +118,7 @@ pub fn trim_zygote() {
 }
 
 fn trim_in_zygote((): ()) -> Result<u64, WireError> {
-    crate::trim::release().map_err(WireError::from)
+    crate::trim::in_zygote_soon().map_err(WireError::from)
 }
 
 /// Creates the container (its init waits for [`start`]) and returns its pid.
@@ -132,6 +133,7 @@ pub fn create(args: CreateArgs) -> Result<Created, WireError> {
 }
 
 fn create_in_zygote(mut args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), WireError> {
+    crate::trim::cancel_in_zygote();
     let layers = Arc::new(std::mem::take(&mut args.layers));
     let (oom_read, oom_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
@@ -430,6 +432,7 @@ impl libcontainer::workload::Executor for Executor {
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        crate::trim::forget_zygote_handler();
         match self.kind(spec) {
             Kind::Native => DefaultExecutor {}.exec(spec),
             Kind::Wasm => {
@@ -437,7 +440,7 @@ impl libcontainer::workload::Executor for Executor {
                     tracing::warn!(error = %e, "cannot clear the inherited environment block");
                 }
                 tracing::info!("running the guest of {}", self.id);
-                crate::trim::after_start(|| crate::trim::release_logged("container init"));
+                crate::trim::when_quiet("container init", || {});
                 let annotations = spec.annotations().clone().unwrap_or_default();
                 let (code, oom) = match WasmtimeSandbox::prepare(&self.ctx(spec), &annotations) {
                     Err(code) => (code, false),

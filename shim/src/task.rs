@@ -393,10 +393,7 @@ impl Task for Service {
             pid: task.pid,
             ..Default::default()
         });
-        crate::trim::when_quiet(|| {
-            crate::trim::release_logged("shim");
-            container::trim_zygote();
-        });
+        crate::trim::when_quiet("shim", container::trim_zygote);
         Ok(StartResponse {
             pid: task.pid,
             ..Default::default()

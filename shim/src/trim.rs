@@ -18,8 +18,9 @@
 //! their protection when it loads a module.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, Once, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What [`droppable`] found in a smaps text.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -99,7 +100,8 @@ fn pagemap(range: &Range<usize>, page: usize) -> std::io::Result<Vec<u64>> {
 }
 
 /// Drops `range`, inside a private, read-only mapping of an ELF file, holding only pages
-/// that are the file's (no private copy).
+/// that are the file's (no private copy). A system call and nothing else (rustix issues
+/// it inline): it runs in the zygote's signal handler.
 fn dont_need(range: &Range<usize>) {
     #[allow(unsafe_code)]
     // SAFETY: after MADV_DONTNEED the next access faults the same bytes in from the page
@@ -113,9 +115,7 @@ fn dont_need(range: &Range<usize>) {
         )
     };
     // a range that went away meanwhile (a library unloaded) is nothing to drop
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "madvise {range:x?}");
-    }
+    let _ = result;
 }
 
 /// A mapping's header line (`start-end perms offset dev inode path`): its range and
@@ -149,9 +149,16 @@ fn is_shared_object(path: &str) -> bool {
             .is_some_and(|name| name.ends_with(".so") || name.contains(".so."))
 }
 
-/// Drops this process's droppable pages (see the module docs); returns the resident
-/// bytes they held. Safe to call from any thread at any time.
-pub fn release() -> std::io::Result<u64> {
+/// What one trim drops: whole mappings and runs of file pages.
+#[derive(Debug, Default)]
+pub struct Plan {
+    ranges: Vec<Range<usize>>,
+    resident: u64,
+}
+
+/// Chooses this process's droppable pages (see the module docs) and frees glibc's unused
+/// heap. Safe to call from any thread at any time.
+pub fn plan() -> std::io::Result<Plan> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let exe = std::fs::read_link("/proc/self/exe")?;
     let exe = exe.to_string_lossy();
@@ -162,22 +169,40 @@ pub fn release() -> std::io::Result<u64> {
     unsafe {
         libc::malloc_trim(0);
     }
-    for mapping in &found.whole {
-        dont_need(mapping);
-    }
     let page = rustix::param::page_size();
-    let mut resident = found.resident;
+    let mut plan = Plan {
+        ranges: found.whole,
+        resident: found.resident,
+    };
     for mapping in &found.partial {
         // a mapping that went away meanwhile reads short: nothing to drop
         let Ok(entries) = pagemap(mapping, page) else {
             continue;
         };
         for run in file_page_runs(mapping.start, &entries, page) {
-            resident += (run.end - run.start) as u64;
-            dont_need(&run);
+            plan.resident += (run.end - run.start) as u64;
+            plan.ranges.push(run);
         }
     }
-    Ok(resident)
+    Ok(plan)
+}
+
+impl Plan {
+    /// The resident bytes the pages held when planned.
+    pub fn resident(&self) -> u64 {
+        self.resident
+    }
+
+    /// Drops the pages: system calls only, no allocation, lock or log. Whatever code the
+    /// process runs after it comes back, and not page by page: a fault on a file page maps
+    /// the cached pages around it too (the kernel's fault-around, 64 KiB), so every
+    /// function touched after the drop costs up to 64 KiB of RSS again. The callers
+    /// drop last, right before they block.
+    pub fn apply(&self) {
+        for range in &self.ranges {
+            dont_need(range);
+        }
+    }
 }
 
 /// One malloc arena for the whole process and its forks (zygote, container inits).
@@ -200,41 +225,174 @@ pub fn one_malloc_arena() {
 /// long enough for a guest to be past its start-up code, short next to a container's life.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// Requests that reset [`when_quiet`]'s wait.
-static ACTIVITY: AtomicU64 = AtomicU64::new(0);
+/// The next trim of this process: when, who (for the log), and what runs first.
+type Due = Option<(Instant, &'static str, fn())>;
 
-/// Runs `f` on its own thread once [`IDLE_AFTER`] passed with no other call to this
-/// function: a burst of starts (a pod's containers) trims once, after the last. Never
-/// call it in the zygote (it starts a thread).
-pub fn when_quiet(f: fn()) {
-    let mine = ACTIVITY.fetch_add(1, Ordering::SeqCst) + 1;
-    spawn(move || {
-        std::thread::sleep(IDLE_AFTER);
-        if ACTIVITY.load(Ordering::SeqCst) == mine {
-            f();
+static DUE: Mutex<Due> = Mutex::new(None);
+static DUE_CHANGED: Condvar = Condvar::new();
+static TRIMMER: Once = Once::new();
+
+/// Trims this process once [`IDLE_AFTER`] passed with no other call to this function (a
+/// burst of starts, a pod's containers, trims once, after the last), running `first`
+/// before (the shim asks its zygote then). One thread does every trim of the process and
+/// waits for the next in between, rather than a thread per trim: a thread's exit after
+/// the drop would fault the exit code back in. Never call it in the zygote (it starts a
+/// thread; see [`in_zygote_soon`]).
+pub fn when_quiet(who: &'static str, first: fn()) {
+    *DUE.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some((Instant::now() + IDLE_AFTER, who, first));
+    DUE_CHANGED.notify_one();
+    TRIMMER.call_once(|| {
+        if let Err(e) = std::thread::Builder::new()
+            .name("trim".into())
+            .spawn(trimmer)
+        {
+            tracing::warn!(error = %e, "cannot start the trim thread");
         }
     });
 }
 
-/// Runs `f` on its own thread [`IDLE_AFTER`] from now.
-pub fn after_start(f: fn()) {
-    spawn(move || {
-        std::thread::sleep(IDLE_AFTER);
-        f();
-    });
-}
-
-fn spawn(f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new().name("trim".into()).spawn(f) {
-        tracing::warn!(error = %e, "cannot start the trim thread");
+fn trimmer() {
+    // kept until the next trim: freeing it right after the drop would page malloc back in
+    let mut kept: Option<Plan> = None;
+    loop {
+        let (who, first) = next_due();
+        first();
+        drop(kept.take());
+        kept = match plan() {
+            Ok(plan) => {
+                tracing::debug!(
+                    "{who}: dropping {} KiB of clean code pages",
+                    plan.resident / 1024
+                );
+                plan.apply();
+                Some(plan)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{who}: cannot drop clean code pages");
+                None
+            }
+        };
     }
 }
 
-/// [`release`], logging what it did; for idle points that cannot report an error.
-pub fn release_logged(who: &str) {
-    match release() {
-        Ok(bytes) => tracing::debug!("{who}: dropped {} KiB of clean code pages", bytes / 1024),
-        Err(e) => tracing::warn!(error = %e, "{who}: cannot drop clean code pages"),
+/// Waits until the due time passes without a later [`when_quiet`] moving it.
+fn next_due() -> (&'static str, fn()) {
+    let mut due = DUE.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        match *due {
+            None => {
+                due = DUE_CHANGED
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner)
+            }
+            Some((at, who, first)) => {
+                let now = Instant::now();
+                if now >= at {
+                    *due = None;
+                    return (who, first);
+                }
+                due = DUE_CHANGED
+                    .wait_timeout(due, at - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+}
+
+/// The zygote's planned drop, for its SIGALRM handler: a leaked `Box<[Range<usize>]>`.
+static ZYGOTE_PLAN: AtomicPtr<Range<usize>> = AtomicPtr::new(std::ptr::null_mut());
+static ZYGOTE_PLAN_LEN: AtomicUsize = AtomicUsize::new(0);
+/// How long after its answer the zygote drops its pages: it is back waiting by then.
+const ZYGOTE_DELAY_US: i64 = 20_000;
+
+/// In the zygote (single-threaded, between requests): plans the drop and arms a timer
+/// whose signal handler does it [`ZYGOTE_DELAY_US`] later, when the zygote has sent
+/// its answer and waits in `read` for the next request. Dropping right away would have
+/// the answer's code (serialising, writing, the request loop) fault back in, with
+/// fault-around ~1 MiB of it; after the handler only its return and the restarted `read`
+/// run. Every other request cancels a pending drop first ([`cancel_in_zygote`]), so the
+/// signal never interrupts youki's work. Returns the resident bytes to drop.
+pub fn in_zygote_soon() -> std::io::Result<u64> {
+    cancel_in_zygote();
+    let plan = plan()?;
+    let resident = plan.resident;
+    let ranges = Box::into_raw(plan.ranges.into_boxed_slice());
+    let len = ranges.len();
+    let old_len = ZYGOTE_PLAN_LEN.swap(0, Ordering::SeqCst);
+    let old = ZYGOTE_PLAN.swap(ranges.cast(), Ordering::SeqCst);
+    ZYGOTE_PLAN_LEN.store(len, Ordering::SeqCst);
+    if !old.is_null() {
+        #[allow(unsafe_code)]
+        // SAFETY: `old` came from Box::into_raw of a slice of `old_len` ranges, below, and
+        // the handler cannot run now (the timer is off and the thread is here).
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(old, old_len)) });
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the handler only reads two atomics and makes madvise system calls, which
+    // is async-signal-safe; SA_RESTART resumes the zygote's interrupted read.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = drop_zygote_plan as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    set_zygote_timer(ZYGOTE_DELAY_US)?;
+    Ok(resident)
+}
+
+/// Cancels a drop [`in_zygote_soon`] armed; first thing in every other zygote request.
+pub fn cancel_in_zygote() {
+    let _ = set_zygote_timer(0);
+}
+
+/// Puts SIGALRM back to its default, in a container's init forked from the zygote (which
+/// inherits the handler, not the timer).
+pub fn forget_zygote_handler() {
+    #[allow(unsafe_code)]
+    // SAFETY: resets one signal's disposition to the default.
+    unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
+    }
+}
+
+fn set_zygote_timer(us: i64) -> std::io::Result<()> {
+    let value = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: us,
+        },
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: a one-shot ITIMER_REAL of this process.
+    let rc = unsafe { libc::setitimer(libc::ITIMER_REAL, &value, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+extern "C" fn drop_zygote_plan(_signal: libc::c_int) {
+    let ptr = ZYGOTE_PLAN.load(Ordering::SeqCst);
+    let len = ZYGOTE_PLAN_LEN.load(Ordering::SeqCst);
+    if ptr.is_null() {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `ptr` and `len` describe the leaked slice `in_zygote_soon` stored; it is
+    // only freed with the timer off, never while this handler can run.
+    let ranges = unsafe { std::slice::from_raw_parts(ptr, len) };
+    for range in ranges {
+        dont_need(range);
     }
 }
 
@@ -468,7 +626,9 @@ mod tests {
         let before_text = format!("{:?}", (0..1000).map(|i| i * 7).collect::<Vec<_>>());
         let before = own_code_resident_kib();
         assert!(before > 0, "no resident code before");
-        let dropped = release().unwrap() / 1024;
+        let plan = plan().unwrap();
+        plan.apply();
+        let dropped = plan.resident() / 1024;
         assert!(
             dropped > 0,
             "nothing dropped (resident before: {before} KiB)"
@@ -481,5 +641,80 @@ mod tests {
         // the code runs again, faulted back in from the page cache
         let after_text = format!("{:?}", (0..1000).map(|i| i * 7).collect::<Vec<_>>());
         assert_eq!(before_text, after_text);
+    }
+
+    fn timer_left_us() -> i64 {
+        #[allow(unsafe_code)]
+        // SAFETY: reads this process's ITIMER_REAL into a zeroed struct.
+        unsafe {
+            let mut value: libc::itimerval = std::mem::zeroed();
+            assert_eq!(libc::getitimer(libc::ITIMER_REAL, &mut value), 0);
+            value.it_value.tv_sec * 1_000_000 + value.it_value.tv_usec
+        }
+    }
+
+    // nextest runs every test in a process of its own, so the handler and the timer are
+    // this test's alone
+    #[test]
+    fn the_zygote_drops_its_pages_on_the_timer_after_it_answered() {
+        let text = format!("{:?}", (0..1000).map(|i| i * 3).collect::<Vec<_>>());
+        let before = own_code_resident_kib();
+        let planned = in_zygote_soon().unwrap() / 1024;
+        assert!(planned > 0, "nothing planned (resident {before} KiB)");
+        assert!(timer_left_us() > 0, "no drop pending");
+        // the drop comes while this thread sleeps (std's sleep resumes after the signal)
+        std::thread::sleep(Duration::from_millis(ZYGOTE_DELAY_US as u64 / 1000 * 5));
+        assert_eq!(timer_left_us(), 0);
+        let after = own_code_resident_kib();
+        assert!(
+            after < before,
+            "resident code {before} KiB before, {after} KiB after the timer ({planned} KiB planned)"
+        );
+        assert_eq!(
+            text,
+            format!("{:?}", (0..1000).map(|i| i * 3).collect::<Vec<_>>())
+        );
+
+        // a second plan replaces the first; a request cancels it
+        in_zygote_soon().unwrap();
+        cancel_in_zygote();
+        assert_eq!(timer_left_us(), 0, "a request leaves no drop pending");
+    }
+
+    static QUIET_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn a_burst_of_starts_trims_once_after_the_last() {
+        fn count() {
+            QUIET_RUNS.fetch_add(1, Ordering::SeqCst);
+        }
+        for _ in 0..3 {
+            when_quiet("test", count);
+        }
+        assert_eq!(
+            QUIET_RUNS.load(Ordering::SeqCst),
+            0,
+            "not before IDLE_AFTER"
+        );
+        let deadline = Instant::now() + IDLE_AFTER * 10;
+        while QUIET_RUNS.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(QUIET_RUNS.load(Ordering::SeqCst), 1);
+        // the same thread serves the next burst
+        when_quiet("test", count);
+        let deadline = Instant::now() + IDLE_AFTER * 10;
+        while QUIET_RUNS.load(Ordering::SeqCst) == 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(QUIET_RUNS.load(Ordering::SeqCst), 2);
+        let trims = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).unwrap().trim() == "trim"
+            })
+            .count();
+        assert_eq!(trims, 1, "one trim thread");
     }
 }
