@@ -334,8 +334,9 @@ pub fn in_zygote_soon() -> std::io::Result<u64> {
     ZYGOTE_PLAN_LEN.store(len, Ordering::SeqCst);
     if !old.is_null() {
         #[allow(unsafe_code)]
-        // SAFETY: `old` came from Box::into_raw of a slice of `old_len` ranges, below, and
-        // the handler cannot run now (the timer is off and the thread is here).
+        // SAFETY: `old` is the slice of `old_len` ranges an earlier call leaked with
+        // Box::into_raw, and the handler cannot run now (the timer is off and the only
+        // thread is here).
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(old, old_len)) });
     }
     #[allow(unsafe_code)]
