@@ -123,8 +123,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         .await
         .map_err(Error::CrdMissing)?;
 
+    // The node and pod caches every plan reads are kept by tasks of their own, not polled
+    // as the controller's input: after an apiserver restart the controller was seen leaving
+    // its input streams unpolled for minutes (responses to the watches' relists read 13 to
+    // 90 s after they arrived) while reconciles ran, so plans ran on stale caches and a
+    // rollout waited up to 4 min. The tasks only signal the controller, coalesced.
     let (nodes, node_writer) = reflector::store();
-    let node_events = watcher::watcher(
+    let node_changed = Arc::new(tokio::sync::Notify::new());
+    let node_cache = watcher::watcher(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -138,10 +144,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     .reflect(node_writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default());
+    let node_task = tokio::spawn(signal_changes(node_cache, "nodes", {
+        let node_changed = node_changed.clone();
+        move |_| node_changed.notify_one()
+    }));
     let installer_pods =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=wasm-operator");
     let (pods, pod_writer) = reflector::store();
-    let pod_events = watcher::watcher(
+    let pod_changed = Arc::new(ChangedRuntimes::default());
+    let pod_cache = watcher::watcher(
         Api::<Pod>::namespaced(client.clone(), &settings.installer_namespace),
         installer_pods,
     )
@@ -150,6 +161,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     .modify(observe::prune_pod)
     .reflect(pod_writer)
     .applied_objects();
+    let pod_task = tokio::spawn(signal_changes(pod_cache, "pods", {
+        let pod_changed = pod_changed.clone();
+        move |pod: Pod| {
+            if let Some(name) = pod.labels().get(resources::RUNTIME_LABEL) {
+                pod_changed.add(name);
+            }
+        }
+    }));
 
     let applied: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let forget = applied.clone();
@@ -166,7 +185,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     let child_changed_too = child_changed.clone();
     let controller = Controller::new(runtimes, watcher::Config::default());
     let runtime_store = controller.store();
-    let all_runtimes = runtime_store.clone();
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -184,11 +202,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
         unreadable: Mutex::default(),
         failures: Mutex::default(),
     });
-    let by_runtime_label = |labels: &std::collections::BTreeMap<String, String>| {
-        labels
-            .get(resources::RUNTIME_LABEL)
-            .map(|name| ObjectRef::<DeserializeGuard<WasmRuntime>>::new(name))
-    };
     controller
         // Not `owns`: that maps a namespaced child to an owner in the child's namespace, and
         // our owner is cluster-scoped.
@@ -204,14 +217,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
             move |rc| child_changed_too(rc.labels()),
         )
         // A node's labels matter to every runtime (selection and our state labels).
-        .watches_stream(node_events, move |_| {
-            all_runtimes
-                .state()
-                .iter()
-                .map(|r| ObjectRef::from_obj(&**r))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(pod_events, move |pod: Pod| by_runtime_label(pod.labels()))
+        .reconcile_all_on(futures::stream::unfold(
+            node_changed,
+            |changed| async move {
+                changed.notified().await;
+                Some(((), changed))
+            },
+        ))
+        .reconcile_on(pod_changed.stream())
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -220,7 +233,60 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
             }
         })
         .await;
+    node_task.abort();
+    pod_task.abort();
     Ok(())
+}
+
+/// Drives a cache's watch for good, calling `changed` for every object it applies.
+async fn signal_changes<K>(
+    cache: impl futures::Stream<Item = Result<K, watcher::Error>>,
+    watch: &'static str,
+    mut changed: impl FnMut(K),
+) {
+    let mut cache = std::pin::pin!(cache);
+    while let Some(event) = cache.next().await {
+        match event {
+            Ok(object) => changed(object),
+            // retried with the cache's backoff
+            Err(error) => warn!(watch, %error, "watch failed"),
+        }
+    }
+}
+
+/// Runtimes whose installer pods changed, until the controller takes them: a set, so a
+/// controller that takes them late gets each name once and never holds up the cache.
+#[derive(Default)]
+struct ChangedRuntimes {
+    names: Mutex<std::collections::BTreeSet<String>>,
+    added: tokio::sync::Notify,
+}
+
+impl ChangedRuntimes {
+    fn add(&self, name: &str) {
+        self.names
+            .lock()
+            .expect("changed runtimes lock")
+            .insert(name.to_string());
+        self.added.notify_one();
+    }
+
+    fn take(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.names.lock().expect("changed runtimes lock"))
+    }
+
+    /// The names as they come, for [`Controller::reconcile_on`].
+    fn stream(
+        self: Arc<Self>,
+    ) -> impl futures::Stream<Item = ObjectRef<DeserializeGuard<WasmRuntime>>> + Send + 'static
+    {
+        futures::stream::unfold(self, |changed| async move {
+            changed.added.notified().await;
+            let names = changed.take();
+            Some((names, changed))
+        })
+        .flat_map(|names| futures::stream::iter(names.into_iter().map(|n| ObjectRef::new(&n))))
+    }
 }
 
 #[instrument(skip_all, fields(runtime = %guard.name_any()))]
@@ -796,5 +862,26 @@ async fn publish(
     // Events are best effort: status already says the same.
     if let Err(error) = ctx.recorder.publish(&event, &object).await {
         warn!(%error, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changed_runtimes_come_once_each_however_often_their_pods_change() {
+        let changed = Arc::new(ChangedRuntimes::default());
+        for name in ["b", "a", "b", "b", "a"] {
+            changed.add(name);
+        }
+        let mut stream = std::pin::pin!(changed.clone().stream());
+        let first: Vec<String> = stream.as_mut().take(2).map(|r| r.name).collect().await;
+        assert_eq!(first, ["a", "b"]);
+        // nothing more until another change; then just that one
+        let idle = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(idle.is_err(), "a runtime came without a change: {idle:?}");
+        changed.add("c");
+        assert_eq!(stream.next().await.map(|r| r.name).as_deref(), Some("c"));
     }
 }
