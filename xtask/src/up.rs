@@ -222,7 +222,7 @@ pub fn install_chart(up: &Up) -> Result<()> {
     let (operator_ref, installer_ref) = (&up.product[0].0, &up.product[1].0);
     let (op_repo, op_tag) = operator_ref.rsplit_once(':').context("operator image")?;
     let (inst_repo, inst_tag) = installer_ref.rsplit_once(':').context("installer image")?;
-    cmd::run(
+    let installed = cmd::run(
         up.node
             .helm()
             .args(["upgrade", "--install", RELEASE])
@@ -236,7 +236,29 @@ pub fn install_chart(up: &Up) -> Result<()> {
             .args(["--wait", "--timeout", "3m"])
             // The chart's NOTES are for people installing by hand; the summary follows.
             .stdout(Stdio::null()),
-    )
+    );
+    if let Err(e) = installed {
+        // helm only says "context deadline exceeded": show why the operator is not up (a
+        // node under disk pressure, say, schedules nothing)
+        let kubectl = |args: &[&str]| cmd::run(up.node.kubectl().args(args));
+        let _ = kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,\
+             CONDITIONS:.status.conditions[?(@.status==\"True\")].type",
+        ]);
+        let _ = kubectl(&["-n", RELEASE_NAMESPACE, "get", "pods", "-o", "wide"]);
+        let _ = kubectl(&[
+            "-n",
+            RELEASE_NAMESPACE,
+            "get",
+            "events",
+            "--sort-by=.lastTimestamp",
+        ]);
+        return Err(e.context("the operator's chart did not come up"));
+    }
+    Ok(())
 }
 
 /// Waits for the WasmRuntime's Ready condition; on timeout shows why.
