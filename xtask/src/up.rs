@@ -240,22 +240,26 @@ pub fn install_chart(up: &Up) -> Result<()> {
     if let Err(e) = installed {
         // helm only says "context deadline exceeded": show why the operator is not up (a
         // node under disk pressure, say, schedules nothing)
-        let kubectl = |args: &[&str]| cmd::run(up.node.kubectl().args(args));
-        let _ = kubectl(&[
-            "get",
-            "nodes",
-            "-o",
-            "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,\
-             CONDITIONS:.status.conditions[?(@.status==\"True\")].type",
-        ]);
-        let _ = kubectl(&["-n", RELEASE_NAMESPACE, "get", "pods", "-o", "wide"]);
-        let _ = kubectl(&[
-            "-n",
-            RELEASE_NAMESPACE,
-            "get",
-            "events",
-            "--sort-by=.lastTimestamp",
-        ]);
+        show(
+            &up.node,
+            &[
+                &[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,\
+                     CONDITIONS:.status.conditions[?(@.status==\"True\")].type",
+                ],
+                &["-n", RELEASE_NAMESPACE, "get", "pods", "-o", "wide"],
+                &[
+                    "-n",
+                    RELEASE_NAMESPACE,
+                    "get",
+                    "events",
+                    "--sort-by=.lastTimestamp",
+                ],
+            ],
+        );
         return Err(e.context("the operator's chart did not come up"));
     }
     Ok(())
@@ -263,27 +267,40 @@ pub fn install_chart(up: &Up) -> Result<()> {
 
 /// Waits for the WasmRuntime's Ready condition; on timeout shows why.
 pub fn wait_runtime_ready(node: &Node, name: &str, timeout: &str) -> Result<()> {
-    let kubectl = |args: &[&str]| cmd::run(node.kubectl().args(args));
-    let waited = kubectl(&[
+    let waited = cmd::run(node.kubectl().args([
         "wait",
         "--for=condition=Ready",
         &format!("wasmruntime/{name}"),
         &format!("--timeout={timeout}"),
-    ]);
+    ]));
     if let Err(e) = waited {
-        let _ = kubectl(&["get", "wasmruntime", name, "-o", "yaml"]);
-        let _ = kubectl(&["-n", INSTALLER_NAMESPACE, "get", "pods", "-o", "wide"]);
-        let _ = kubectl(&[
-            "-n",
-            INSTALLER_NAMESPACE,
-            "logs",
-            "-l",
-            &format!("wasmruntime.dev/runtime={name}"),
-            "--tail=50",
-        ]);
+        let selector = format!("wasmruntime.dev/runtime={name}");
+        show(
+            node,
+            &[
+                &["get", "wasmruntime", name, "-o", "yaml"],
+                &["-n", INSTALLER_NAMESPACE, "get", "pods", "-o", "wide"],
+                &[
+                    "-n",
+                    INSTALLER_NAMESPACE,
+                    "logs",
+                    "-l",
+                    &selector,
+                    "--tail=50",
+                ],
+            ],
+        );
         return Err(e.context(format!("the WasmRuntime {name} did not become Ready")));
     }
     Ok(())
+}
+
+/// After a failed wait: each kubectl command's output on the terminal, best effort (what
+/// cannot be shown is no reason to hide the failure itself).
+fn show(node: &Node, commands: &[&[&str]]) {
+    for args in commands {
+        let _ = cmd::run(node.kubectl().args(*args));
+    }
 }
 
 /// The operator and installer images, as `xtask images` builds them (dev binaries without
@@ -512,14 +529,15 @@ pub fn run_job(node: &Node, name: &str, manifest: &str, expect: &str) -> Result<
             break;
         }
         if types.contains(&"Failed") || Instant::now() > deadline {
-            let _ = cmd::run(node.kubectl().args(["describe", "job", name]));
-            let _ = cmd::run(node.kubectl().args([
-                "describe",
-                "pods",
-                "-l",
-                &format!("job-name={name}"),
-            ]));
-            let _ = cmd::run(node.kubectl().args(["logs", &format!("job/{name}")]));
+            let (selector, job) = (format!("job-name={name}"), format!("job/{name}"));
+            show(
+                node,
+                &[
+                    &["describe", "job", name],
+                    &["describe", "pods", "-l", &selector],
+                    &["logs", &job],
+                ],
+            );
             bail!("Job {name} did not complete (conditions: {conditions})");
         }
     }
