@@ -328,10 +328,9 @@ pub fn in_zygote_soon() -> std::io::Result<u64> {
     let plan = plan()?;
     let resident = plan.resident;
     let ranges = Box::into_raw(plan.ranges.into_boxed_slice());
-    let len = ranges.len();
-    let old_len = ZYGOTE_PLAN_LEN.swap(0, Ordering::SeqCst);
+    // the handler cannot run while the two change (the timer is off)
+    let old_len = ZYGOTE_PLAN_LEN.swap(ranges.len(), Ordering::SeqCst);
     let old = ZYGOTE_PLAN.swap(ranges.cast(), Ordering::SeqCst);
-    ZYGOTE_PLAN_LEN.store(len, Ordering::SeqCst);
     if !old.is_null() {
         #[allow(unsafe_code)]
         // SAFETY: `old` is the slice of `old_len` ranges an earlier call leaked with
