@@ -97,7 +97,13 @@ fn op_in_zygote((id, op): (String, Op)) -> Result<(), WireError> {
             Op::Kill(signal) => Signal::try_from(signal as i32)
                 .map_err(|e| e.to_string())
                 .and_then(|s| c.kill(s, true).map_err(|e| e.to_string())),
-            Op::Delete => c.delete(true).map_err(|e| e.to_string()),
+            Op::Delete => {
+                let deleted = c.delete(true).map_err(|e| e.to_string());
+                if let Some(root) = c.root.parent() {
+                    let _ = std::fs::remove_dir_all(youki_bundle(root, &id));
+                }
+                deleted
+            }
         }
     });
     if matches!(op, Op::Delete) {
@@ -137,9 +143,10 @@ fn create_in_zygote(mut args: CreateArgs) -> Result<(u32, WireFd<OwnedFd>), Wire
     let layers = Arc::new(std::mem::take(&mut args.layers));
     let (oom_read, oom_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(std::io::Error::from)?;
+    let stdio = Stdio::open(&args).map_err(std::io::Error::other)?;
     let mut attempt = 1;
     let container = loop {
-        match build(&args, &layers, &oom_write) {
+        match build(&args, &layers, &oom_write, &stdio) {
             Ok(c) => break c,
             Err(e) if is_ready_race(&e) && attempt < CREATE_ATTEMPTS => {
                 tracing::warn!(
@@ -205,45 +212,287 @@ fn clean_after_race(args: &CreateArgs) {
     let _ = std::fs::remove_dir_all(args.root.join(&args.id));
 }
 
+/// The container's stdio fifos, opened once for every attempt at a create: while the
+/// zygote holds them, a failed attempt's init dying does not close the last writer, which
+/// would end `ctr`'s (or CRI's) copy of the output before the next attempt's init writes.
+struct Stdio {
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+}
+
+impl Stdio {
+    fn open(args: &CreateArgs) -> Result<Self, String> {
+        // Read and write, as containerd's own shims open the stdio fifos: a fifo opened
+        // for one direction alone blocks until the other end is open.
+        let open = |p: &Option<PathBuf>| -> Result<Option<File>, String> {
+            p.as_ref()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p))
+                .transpose()
+                .map_err(|e| format!("{}: {e}", p.as_deref().unwrap_or(Path::new("")).display()))
+        };
+        Ok(Self {
+            stdin: open(&args.stdin)?,
+            stdout: open(&args.stdout)?,
+            stderr: open(&args.stderr)?,
+        })
+    }
+}
+
 /// One libcontainer build of the container described by `args`.
 fn build(
     args: &CreateArgs,
     layers: &Arc<Vec<WasmLayer>>,
     oom_write: &OwnedFd,
+    stdio: &Stdio,
 ) -> Result<Youki, String> {
     let executor = Executor {
         id: Arc::new(args.id.clone()),
         layers: layers.clone(),
         oom: Arc::new(oom_write.try_clone().map_err(|e| e.to_string())?),
     };
-    // Read and write, as containerd's own shims open the stdio fifos: a fifo opened for
-    // one direction alone blocks until the other end is open.
-    let open = |p: &Option<PathBuf>| -> Result<Option<File>, String> {
-        p.as_ref()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| std::fs::OpenOptions::new().read(true).write(true).open(p))
-            .transpose()
-            .map_err(|e| e.to_string())
-    };
+    let copy = |f: &Option<File>| f.as_ref().map(File::try_clone).transpose();
     let mut builder = ContainerBuilder::new(args.id.clone(), SyscallType::Linux)
         .with_executor(executor)
         .with_root_path(&args.root)
         .map_err(|e| e.to_string())?;
-    if let Some(f) = open(&args.stdin)? {
+    if let Some(f) = copy(&stdio.stdin).map_err(|e| e.to_string())? {
         builder = builder.with_stdin(f);
     }
-    if let Some(f) = open(&args.stdout)? {
+    if let Some(f) = copy(&stdio.stdout).map_err(|e| e.to_string())? {
         builder = builder.with_stdout(f);
     }
-    if let Some(f) = open(&args.stderr)? {
+    if let Some(f) = copy(&stdio.stderr).map_err(|e| e.to_string())? {
         builder = builder.with_stderr(f);
     }
-    builder
-        .as_init(&args.bundle)
-        .as_sibling(true)
-        .with_systemd(args.systemd_cgroup)
-        .build()
-        .map_err(|e| e.to_string())
+    let placed = if args.systemd_cgroup {
+        None
+    } else {
+        Placed::prepare(args)?
+    };
+    let Some(placed) = placed else {
+        return builder
+            .as_init(&args.bundle)
+            .as_sibling(true)
+            .with_systemd(args.systemd_cgroup)
+            .build()
+            .map_err(|e| e.to_string());
+    };
+    let built = placed
+        .make()
+        .and_then(|()| placed.apply())
+        .and_then(|()| placed.build(builder))
+        .and_then(|()| Youki::load(args.root.join(&args.id)).map_err(|e| e.to_string()));
+    if built.is_err() {
+        placed.undo(args);
+    }
+    built
+}
+
+/// A container the shim places into its cgroups itself ([`crate::placement`]).
+struct Placed {
+    /// its directory in every v1 hierarchy
+    dirs: Vec<PathBuf>,
+    /// the host's mount table when the directories were made
+    mounts: Vec<crate::mounts::MountEntry>,
+    /// the spec's `linux.resources`, applied by the zygote
+    resources: Option<oci_spec::runtime::LinuxResources>,
+    /// `cgroupsPath`, for libcgroups' manager
+    cgroups_path: PathBuf,
+    /// the bundle youki is given, with `spec` in it
+    bundle: PathBuf,
+    /// the container's spec without `linux.resources`, its rootfs made absolute
+    spec: Spec,
+}
+
+/// Where the spec copy youki reads lives: beside youki's state directory of the
+/// container, hidden (a container id cannot start with a dot, so this never names one).
+fn youki_bundle(root: &Path, id: &str) -> PathBuf {
+    root.join(format!(".{id}"))
+}
+
+impl Placed {
+    /// In the zygote: what to place where; `None` when the host or the spec calls for
+    /// youki's own path.
+    fn prepare(args: &CreateArgs) -> Result<Option<Self>, String> {
+        let mut spec = Spec::load(args.bundle.join("config.json")).map_err(|e| e.to_string())?;
+        let Some(cgroups_path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+        else {
+            return Ok(None);
+        };
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        let mounts = crate::mounts::parse_mountinfo(&mountinfo);
+        let Some(dirs) = crate::placement::v1_dirs(&mounts, &cgroups_path) else {
+            return Ok(None);
+        };
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let resources = linux.resources().clone();
+        linux.set_resources(None);
+        spec.set_linux(Some(linux));
+        let rootfs = args.bundle.join(
+            spec.root()
+                .as_ref()
+                .map_or(Path::new("rootfs"), |r| r.path().as_path()),
+        );
+        if let Some(mut root) = spec.root().clone() {
+            root.set_path(rootfs);
+            spec.set_root(Some(root));
+        }
+        Ok(Some(Self {
+            dirs,
+            mounts,
+            resources,
+            cgroups_path,
+            bundle: youki_bundle(&args.root, &args.id),
+            spec,
+        }))
+    }
+
+    /// The directories and the spec copy (undone by [`Self::undo`] if anything fails).
+    fn make(&self) -> Result<(), String> {
+        crate::placement::make_dirs(&self.dirs, &self.mounts)?;
+        std::fs::create_dir_all(&self.bundle)
+            .map_err(|e| format!("{}: {e}", self.bundle.display()))?;
+        self.spec
+            .save(self.bundle.join("config.json"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs youki's build in a builder process (the shim's child, like the inits) that
+    /// joins the cgroups and hides the cgroupfs from youki; waits for its answer.
+    fn build(&self, builder: ContainerBuilder) -> Result<(), String> {
+        let (read, write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| e.to_string())?;
+        let child = clone_sibling(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::placement::join(&self.dirs)?;
+                crate::placement::hide_cgroupfs(&self.mounts)?;
+                builder
+                    .as_init(&self.bundle)
+                    .as_sibling(true)
+                    .build()
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err("the container builder panicked".to_string()));
+            i32::from(send_result(&write, &result).is_err())
+        })
+        .map_err(|e| format!("forking the container builder: {e}"))?;
+        receive_result(&read, child)
+    }
+
+    /// `linux.resources` into the container's cgroups, as youki's intermediate process
+    /// would (libcgroups' v1 manager, which finds the hierarchies the zygote sees). Before
+    /// the builder forks: youki sets the container up under them (the device rules are
+    /// rewritten deny-all first, and its `mknod`s must not fall in between).
+    fn apply(&self) -> Result<(), String> {
+        use libcgroups::common::{CgroupManager as _, ControllerOpt};
+        let Some(resources) = &self.resources else {
+            return Ok(());
+        };
+        libcgroups::v1::Manager::new(&self.cgroups_path)
+            .map_err(|e| e.to_string())?
+            .apply(&ControllerOpt {
+                resources,
+                freezer_state: None,
+                oom_score_adj: None,
+                disable_oom_killer: false,
+            })
+            .map_err(|e| format!("applying linux.resources: {e}"))
+    }
+
+    /// After a failed build: the cgroup, youki's state and the spec copy go.
+    fn undo(&self, args: &CreateArgs) {
+        use libcgroups::common::CgroupManager as _;
+        match libcgroups::v1::Manager::new(&self.cgroups_path) {
+            Ok(m) => {
+                if let Err(e) = m.remove() {
+                    tracing::warn!(error = %e, "cannot remove the cgroup of a failed create");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the cgroup of a failed create"),
+        }
+        let _ = std::fs::remove_dir_all(args.root.join(&args.id));
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}
+
+/// Forks the calling (single-threaded) process as a sibling, i.e. a child of its parent,
+/// as youki forks the container's processes (`CLONE_PARENT`: the shim's reaper collects
+/// them); the child runs `child` and exits with what it returns.
+fn clone_sibling(child: impl FnOnce() -> i32) -> std::io::Result<i32> {
+    #[allow(unsafe_code)]
+    // SAFETY: the zygote is single-threaded (no lock can be held by another thread); the
+    // child gets a copy-on-write copy of this stack, like fork, and never returns here.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            let code = child();
+            #[allow(unsafe_code)]
+            // SAFETY: leaves without the parent's exit handlers and buffers.
+            unsafe {
+                libc::_exit(code)
+            }
+        }
+        pid => Ok(pid as i32),
+    }
+}
+
+/// The builder's answer: `0` and nothing else, or `1` and the error's text.
+fn send_result(write: &OwnedFd, result: &Result<(), String>) -> std::io::Result<()> {
+    let mut message = match result {
+        Ok(()) => vec![0u8],
+        Err(e) => [&[1u8][..], e.as_bytes()].concat(),
+    };
+    message.truncate(libc::PIPE_BUF);
+    rustix::io::write(write, &message)?;
+    Ok(())
+}
+
+/// Waits for the builder's answer. The inits it made hold copies of the pipe's write
+/// end, so the end of the pipe never comes: the message is one write of at most
+/// `PIPE_BUF` bytes (atomic), and a builder that died without one is noticed by its pidfd.
+fn receive_result(read: &OwnedFd, builder: i32) -> Result<(), String> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let pidfd = rustix::process::Pid::from_raw(builder).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
+    loop {
+        let mut fds = vec![PollFd::new(read, PollFlags::IN)];
+        if let Some(p) = &pidfd {
+            fds.push(PollFd::new(p, PollFlags::IN));
+        }
+        match poll(&mut fds, None) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("waiting for the container builder: {e}")),
+            Ok(_) => {}
+        }
+        let ready = !fds[0].revents().is_empty();
+        let gone = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+        if ready || gone {
+            break;
+        }
+    }
+    rustix::fs::fcntl_setfl(read, rustix::fs::OFlags::NONBLOCK).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; libc::PIPE_BUF];
+    let n = rustix::io::read(read, &mut buf).unwrap_or(0);
+    match buf[..n].split_first() {
+        Some((0, _)) => Ok(()),
+        Some((_, text)) => Err(String::from_utf8_lossy(text).into_owned()),
+        None => Err("the container builder exited without an answer".to_string()),
+    }
 }
 
 pub fn start(id: &str) -> Result<(), WireError> {
@@ -262,6 +511,7 @@ pub fn delete(id: &str) -> Result<(), WireError> {
 /// youki's state from disk. Runs in the calling process: `delete` is single-threaded.
 pub fn delete_leftover(root: &Path, id: &str) -> Result<bool, String> {
     let dir = root.join(id);
+    let _ = std::fs::remove_dir_all(youki_bundle(root, id));
     if !dir.exists() {
         return Ok(false);
     }

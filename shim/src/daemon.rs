@@ -151,8 +151,15 @@ pub fn main(args: &[OsString]) {
         return;
     }
     if flags.action == "start" {
-        // first, while single-threaded: containerd sends the create right after
-        crate::prewarm::cgroup_lock_in_child();
+        // first, while single-threaded: containerd sends the create right after. Only
+        // for youki's own cgroup write: a container the shim places needs no lock (and
+        // its mkdir would wait behind this write's grace period).
+        let youki_writes = Spec::load("config.json")
+            .map(|spec| !crate::placement::applies(&spec, false))
+            .unwrap_or(true);
+        if youki_writes {
+            crate::prewarm::cgroup_lock_in_child();
+        }
     }
     logging::install();
     // `start` and `delete` are short-lived and need none of this.

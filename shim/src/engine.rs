@@ -528,12 +528,22 @@ pub(crate) fn wasi_builder(cfg: &RunConfig) -> Result<WasiCtxBuilder, Error> {
         } else {
             FsPerms::ReadOnly
         };
-        b.preopened_dir(&p.host, &p.guest, perms)
-            .map_err(|e| Error::Preopen {
+        if let Err(e) = b.preopened_dir(&p.host, &p.guest, perms) {
+            // a mount that went away after the mount table was read cannot be offered
+            // (the root always can)
+            let gone = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+            if gone && p.guest != "/" {
+                tracing::debug!(host = %p.host.display(), "mount gone before the guest started");
+                continue;
+            }
+            return Err(Error::Preopen {
                 host: p.host.clone(),
                 guest: p.guest.clone(),
                 source: e.into(),
-            })?;
+            });
+        }
     }
     match cfg.network {
         // The builder's default address check already denies every address; switching
@@ -601,5 +611,30 @@ impl Hasher for ShaHasher {
 
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounts::Preopen;
+
+    #[test]
+    fn a_mount_gone_before_the_guest_starts_is_skipped_but_not_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let cfg = |guest: &str| RunConfig {
+            preopens: vec![Preopen {
+                host: gone.clone(),
+                guest: guest.to_string(),
+                writable: false,
+            }],
+            ..Default::default()
+        };
+        assert!(wasi_builder(&cfg("/data")).is_ok());
+        assert!(matches!(
+            wasi_builder(&cfg("/")),
+            Err(Error::Preopen { .. })
+        ));
     }
 }

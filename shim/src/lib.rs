@@ -22,6 +22,7 @@
 //!   the installer from the WasmRuntime).
 //! - [`cache`]: precompiled-module cache, one file cache for every image kind.
 //! - [`shim`]: what the container's init runs: entrypoint, guest configuration, exit.
+//! - [`placement`]: a container into its cgroup v1 hierarchies without a grace period.
 //! - [`prewarm`]: the kernel's wait for a cgroup migration, started before youki's.
 //! - [`trim`]: idle processes unmap the clean code pages they no longer run.
 
@@ -37,6 +38,7 @@ pub mod limits;
 pub mod logging;
 pub mod mounts;
 pub mod options;
+pub mod placement;
 pub mod prewarm;
 pub mod shim;
 pub mod task;

@@ -95,6 +95,13 @@ fn log_level(level: &Level) -> log::Level {
     }
 }
 
+/// libcgroups' v1 manager warns once per controller it finds no hierarchy for, on every
+/// create and delete: for every controller when the shim placed the container itself
+/// (youki is shown no cgroupfs, `crate::placement`), and for those a host does not mount.
+fn is_noise(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::WARN && meta.target() == "libcgroups::v1::manager"
+}
+
 impl Subscriber for LogForwarder {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         if meta.is_span() {
@@ -106,7 +113,7 @@ impl Subscriber for LogForwarder {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        meta.is_event() && log_level(meta.level()) <= log::max_level()
+        meta.is_event() && log_level(meta.level()) <= log::max_level() && !is_noise(meta)
     }
 
     fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {

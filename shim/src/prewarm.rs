@@ -14,6 +14,10 @@
 //! write blocks and `start` must exit at once; a create request starts it on a thread too
 //! (the daemon of a pod may get a create without a fresh `start`). Best effort: any
 //! failure only means the create waits as it did before.
+//!
+//! Only for containers youki places itself (cgroup v2, the systemd driver): one the shim
+//! places ([`crate::placement`], cgroup v1) makes no such write, and would only wait
+//! behind this one (its `mkdir`s need the `cgroup_mutex` the write holds throughout).
 
 use std::path::{Path, PathBuf};
 

@@ -209,8 +209,6 @@ impl Service {
     }
 
     fn create_task(&self, req: &CreateTaskRequest) -> TtrpcResult<u32> {
-        // youki's cgroup write comes after the rootfs mount and its forks
-        crate::prewarm::cgroup_lock();
         let options = req
             .options
             .as_ref()
@@ -243,6 +241,11 @@ impl Service {
                 format!("loading the runtime spec: {e}"),
             )
         })?;
+        // youki's cgroup write comes after the rootfs mount and its forks (a container
+        // the shim places itself makes no such write)
+        if !crate::placement::applies(&spec, systemd) {
+            crate::prewarm::cgroup_lock();
+        }
         let rootfs = bundle.join(
             spec.root()
                 .as_ref()

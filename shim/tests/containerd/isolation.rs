@@ -16,6 +16,7 @@ crate::on_every_containerd!(
     guest_reads_no_host_secret_through_proc_or_symlinks,
     memory_limit_exceeded_exits_137,
     sigterm_exits_143_within_a_second,
+    cgroups_and_resources_are_those_runc_sets,
 );
 
 /// errno values of wasi-libc (the guest's exit status on failure).
@@ -267,5 +268,144 @@ fn sigterm_exits_143_within_a_second(v: DebPackage) {
         ),
         "both stopped (epoch interruption), exit 143 within 1 s",
         &took_ms.join(", "),
+    );
+}
+
+/// The same resource flags on a Wasm container and a runc one: each init sits in its own
+/// `/<namespace>/<id>` cgroup of every hierarchy runc uses, and the limit files read the
+/// same. (On a cgroup v1 host the shim places the container itself, `src/placement.rs`.)
+fn cgroups_and_resources_are_those_runc_sets(v: DebPackage) {
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("sleep", &fixtures::wat("sleep")));
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let native = testbed::oci::RootfsImage::new("docker.io/test/busybox:1")
+        .file("/bin/busybox", busybox, 0o755)
+        .entrypoint(&["/bin/busybox"]);
+    bed.import(&native);
+    let flags = [
+        "--memory-limit",
+        "67108864",
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+    ];
+    let start = |runtime: &str, image: &str, args: &[&str]| {
+        let id = unique("cg");
+        let child = bed
+            .run_cmd(runtime, &flags, image, &id, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let since = Instant::now();
+        let pid = loop {
+            if bed.task_status(&id).as_deref() == Some("RUNNING")
+                && let Some(pid) = bed.task_pid(&id)
+            {
+                break pid;
+            }
+            assert!(since.elapsed() < Duration::from_secs(30), "{id} never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (id, pid, child)
+    };
+    let ours = start(WASMTIME_RUNTIME, &image_name("sleep"), &[]);
+    let runc = start(
+        "io.containerd.runc.v2",
+        "docker.io/test/busybox:1",
+        &["/bin/busybox", "sleep", "600"],
+    );
+    // controller -> cgroup path, from /proc/<pid>/cgroup (v1 lines)
+    let cgroups = |pid: u32| -> Vec<(String, String)> {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+                // named hierarchies and a hybrid host's empty v2 one (`0::`, which
+                // runc joins and youki never did) hold no controller
+                (!ctrl.is_empty() && !ctrl.starts_with("name="))
+                    .then(|| (ctrl.to_string(), path.to_string()))
+            })
+            .collect()
+    };
+    let ns = bed.ctrd.namespace();
+    let expected = |id: &str, of: &[(String, String)]| -> Vec<(String, String)> {
+        of.iter()
+            .map(|(ctrl, path)| {
+                let want = if path.ends_with(&format!("/{id}")) {
+                    format!("/{ns}/{id}")
+                } else {
+                    path.clone()
+                };
+                (ctrl.clone(), want)
+            })
+            .collect()
+    };
+    let runc_cgroups = cgroups(runc.1);
+    let our_cgroups = cgroups(ours.1);
+    // runc's own placement is the reference: the same hierarchies, our id in place of its
+    let runc_as_ours: Vec<(String, String)> = runc_cgroups
+        .iter()
+        .map(|(c, p)| (c.clone(), p.replace(&runc.0, &ours.0)))
+        .collect();
+    assert_eq!(our_cgroups, runc_as_ours, "our init's cgroups vs runc's");
+    assert_eq!(
+        our_cgroups,
+        expected(&ours.0, &our_cgroups),
+        "every hierarchy runc moves its init into names the container"
+    );
+    let mut compared = Vec::new();
+    for (ctrl, file) in [
+        ("memory", "memory.limit_in_bytes"),
+        ("cpu", "cpu.cfs_quota_us"),
+        ("cpu", "cpu.cfs_period_us"),
+        ("cpu", "cpu.shares"),
+        ("devices", "devices.list"),
+        ("pids", "pids.max"),
+        ("cpuset", "cpuset.cpus"),
+    ] {
+        let dir = |id: &str| std::path::PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/{ns}/{id}"));
+        if !dir(&runc.0).exists() {
+            continue;
+        }
+        // as a set: youki's libcgroups and runc write the device rules in other orders
+        let read = |id: &str| {
+            let text = std::fs::read_to_string(dir(id).join(file)).unwrap();
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.sort_unstable();
+            lines.join("\n")
+        };
+        assert_eq!(read(&ours.0), read(&runc.0), "{ctrl}/{file}");
+        compared.push(format!(
+            "{file}={}",
+            read(&ours.0).lines().next().unwrap_or("").trim()
+        ));
+    }
+    assert!(
+        compared
+            .iter()
+            .any(|c| c.starts_with("memory.limit_in_bytes=67108864")),
+        "the memory limit was compared and set: {compared:?}"
+    );
+    for (id, _, child) in [ours, runc] {
+        let _ = bed
+            .ctrd
+            .ctr()
+            .args(["tasks", "kill", "-s", "SIGKILL", &id])
+            .output();
+        let mut child = child;
+        let _ = child.wait();
+    }
+    record(
+        "shim",
+        &format!(
+            "Wasm and runc containers with the same resource flags ({})",
+            v.dir
+        ),
+        "same cgroups (per hierarchy), same limit files",
+        &compared.join(", "),
     );
 }
