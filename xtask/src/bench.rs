@@ -772,7 +772,7 @@ fn report(f: &Figures) -> String {
          | total (`ctr run --rm`) | {r:.1} ms | {h:.1} ms |\n\
          | outside the shim | {:.1} ms | {:.1} ms |\n\
          | in the shim | {runc_window:.1} ms | {ours_window:.1} ms |\n\
-         | - create (our task service: rootfs mount, youki builds the container in the zygote; no Wasm-layer lookup when the entrypoint is in the rootfs; youki's first `cgroup.procs` write waits out an RCU grace period, which runc's waits in full and ours partly: `shim start` began it, `shim/src/prewarm.rs`) | | {:.1} ms |\n\
+         | - create (our task service: rootfs mount; the zygote makes the cgroups and applies the resources, a builder process moves itself in without the kernel's global lock and youki builds the container with no cgroup write of its own, `shim/src/placement.rs` (runc's `cgroup.procs` write waits out an RCU grace period, 6-13 ms here); no Wasm-layer lookup when the entrypoint is in the rootfs) | | {:.1} ms |\n\
          | - start request -> the executor runs the guest in the container | | {:.1} ms |\n\
          | - guest run: engine, cache load, guest, exit | | {:.1} ms |\n\
          | - guest exit -> shim gone (exit event, delete, shim exit) | | {:.1} ms |\n",
