@@ -192,16 +192,9 @@ mod tests {
     use super::*;
     use crate::mounts::parse_mountinfo;
 
-    /// This machine's (cgroup v1 controllers, an empty cgroup2 at `unified`).
-    const HYBRID: &str = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
+    /// This machine's mount table (the cgroup part): v1 controllers beside an empty
+    /// cgroup2 at `unified`.
+    const HYBRID: &str = include_str!("../tests/fixtures/mountinfo-hybrid.txt");
 
     #[test]
     fn v1_dirs_cases() {
@@ -222,6 +215,10 @@ mod tests {
                     "/sys/fs/cgroup/cpuacct/k8s.io/abc",
                     "/sys/fs/cgroup/cpuset/k8s.io/abc",
                     "/sys/fs/cgroup/memory/k8s.io/abc",
+                    "/sys/fs/cgroup/devices/k8s.io/abc",
+                    "/sys/fs/cgroup/freezer/k8s.io/abc",
+                    "/sys/fs/cgroup/blkio/k8s.io/abc",
+                    "/sys/fs/cgroup/pids/k8s.io/abc",
                 ]),
             ),
             (

@@ -107,15 +107,9 @@ pub fn cgroup_lock_in_child() {
 mod tests {
     use super::*;
 
-    /// This machine's: cgroup v1 controllers beside an empty cgroup2 (hybrid).
-    const HYBRID_MOUNTS: &str = "\
-35 27 0:30 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-37 35 0:32 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-40 35 0:35 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-44 35 0:39 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-45 35 0:40 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-";
+    /// This machine's mount table (the cgroup part): v1 controllers beside an empty
+    /// cgroup2 (hybrid).
+    const HYBRID_MOUNTS: &str = include_str!("../tests/fixtures/mountinfo-hybrid.txt");
     const HYBRID_CGROUP: &str = "\
 9:name=systemd:/
 4:memory:/process_api/06ef
@@ -142,7 +136,7 @@ mod tests {
             ),
             (
                 "v1 hierarchy not mounted: the next one",
-                "8:pids:/\n1:cpu:/a\n",
+                "8:hugetlb:/\n1:cpu:/a\n",
                 HYBRID_MOUNTS,
                 Some("/sys/fs/cgroup/cpu/a/cgroup.procs"),
             ),
