@@ -266,12 +266,7 @@ fn build(
     if let Some(f) = copy(&stdio.stderr).map_err(|e| e.to_string())? {
         builder = builder.with_stderr(f);
     }
-    let placed = if args.systemd_cgroup {
-        None
-    } else {
-        Placed::prepare(args)?
-    };
-    let Some(placed) = placed else {
+    let Some(placed) = Placed::prepare(args)? else {
         return builder
             .as_init(&args.bundle)
             .as_sibling(true)
@@ -317,14 +312,12 @@ impl Placed {
     /// youki's own path.
     fn prepare(args: &CreateArgs) -> Result<Option<Self>, String> {
         let mut spec = Spec::load(args.bundle.join("config.json")).map_err(|e| e.to_string())?;
-        let Some(cgroups_path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+        let Some(crate::placement::Target {
+            cgroups_path,
+            mounts,
+            dirs,
+        }) = crate::placement::target(&spec, args.systemd_cgroup)
         else {
-            return Ok(None);
-        };
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let mounts = crate::mounts::parse_mountinfo(&mountinfo);
-        let Some(dirs) = crate::placement::v1_dirs(&mounts, &cgroups_path) else {
             return Ok(None);
         };
         let mut linux = spec.linux().clone().unwrap_or_default();

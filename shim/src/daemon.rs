@@ -155,7 +155,7 @@ pub fn main(args: &[OsString]) {
         // for youki's own cgroup write: a container the shim places needs no lock (and
         // its mkdir would wait behind this write's grace period).
         let youki_writes = Spec::load("config.json")
-            .map(|spec| !crate::placement::applies(&spec, false))
+            .map(|spec| crate::placement::target(&spec, false).is_none())
             .unwrap_or(true);
         if youki_writes {
             crate::prewarm::cgroup_lock_in_child();

@@ -80,17 +80,29 @@ pub fn v1_dirs(mounts: &[MountEntry], cgroups_path: &Path) -> Option<Vec<PathBuf
     (!dirs.is_empty()).then_some(dirs)
 }
 
-/// Whether the shim places the container of `spec` itself on this host (otherwise youki
-/// does, with its `cgroup.procs` write). `systemd`: the systemd cgroup driver.
-pub fn applies(spec: &oci_spec::runtime::Spec, systemd: bool) -> bool {
-    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    match (systemd, path) {
-        (false, Some(path)) => {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            v1_dirs(&crate::mounts::parse_mountinfo(&mountinfo), &path).is_some()
-        }
-        _ => false,
+/// Where the shim places a container itself: its `cgroupsPath`, this host's mount table
+/// and the container's directory in every v1 hierarchy ([`v1_dirs`]).
+pub struct Target {
+    pub cgroups_path: PathBuf,
+    pub mounts: Vec<MountEntry>,
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The [`Target`] of `spec`'s container on this host, or `None` when youki places it
+/// (with its `cgroup.procs` write). `systemd`: the systemd cgroup driver.
+pub fn target(spec: &oci_spec::runtime::Spec, systemd: bool) -> Option<Target> {
+    if systemd {
+        return None;
     }
+    let cgroups_path = spec.linux().as_ref()?.cgroups_path().clone()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mounts = crate::mounts::parse_mountinfo(&mountinfo);
+    let dirs = v1_dirs(&mounts, &cgroups_path)?;
+    Some(Target {
+        cgroups_path,
+        mounts,
+        dirs,
+    })
 }
 
 /// The cpuset files a v1 cpuset cgroup needs before a task may join it.

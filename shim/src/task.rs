@@ -243,7 +243,7 @@ impl Service {
         })?;
         // youki's cgroup write comes after the rootfs mount and its forks (a container
         // the shim places itself makes no such write)
-        if !crate::placement::applies(&spec, systemd) {
+        if crate::placement::target(&spec, systemd).is_none() {
             crate::prewarm::cgroup_lock();
         }
         let rootfs = bundle.join(
