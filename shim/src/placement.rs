@@ -108,18 +108,67 @@ pub fn target(spec: &oci_spec::runtime::Spec, systemd: bool) -> Option<Target> {
 /// The cpuset files a v1 cpuset cgroup needs before a task may join it.
 const CPUSET_FILES: &[&str] = &["cpuset.cpus", "cpuset.mems"];
 
-/// Makes the container's directories (and fills a new cpuset's empty `cpus`/`mems` from
-/// its parent, as youki does before its write). Runs where the hierarchies are visible.
+/// Makes the container's directories (a new cpuset's `cpus`/`mems` come from its parent,
+/// as youki fills them before its write). Runs where the hierarchies are visible.
 pub fn make_dirs(dirs: &[PathBuf], mounts: &[MountEntry]) -> Result<(), String> {
     for dir in dirs {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let cpuset = mounts.iter().find(|m| {
             m.fstype == "cgroup"
                 && m.super_options.split(',').any(|o| o == "cpuset")
                 && dir.starts_with(&m.mount_point)
         });
-        if let Some(mount) = cpuset {
-            fill_cpuset(&mount.mount_point, dir)?;
+        match cpuset {
+            Some(mount) => {
+                make_cloned(&mount.mount_point, dir)?;
+                // left empty only if another writer cleared a parent's flag meanwhile
+                fill_cpuset(&mount.mount_point, dir)?;
+            }
+            None => std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// The v1 flag that makes a new cpuset cgroup start with its parent's `cpus` and `mems`.
+const CLONE_CHILDREN: &str = "cgroup.clone_children";
+
+/// Makes each missing directory from `mount_point` down to `dir` with its parent's
+/// `cgroup.clone_children` set for the `mkdir`, so the new cpuset is born with its
+/// parent's `cpus` and `mems`; the flag is put back after, on the parent and on the new
+/// directory (which inherits it), so both read as they would have. Writing `cpuset.cpus` instead rebuilds
+/// the scheduler's domains: 0.6-1.5 ms of CPU per write here, where a cloning `mkdir`
+/// takes 0.1 ms.
+fn make_cloned(mount_point: &Path, dir: &Path) -> Result<(), String> {
+    let relative = dir.strip_prefix(mount_point).map_err(|e| e.to_string())?;
+    let mut current = mount_point.to_path_buf();
+    for component in relative.components() {
+        let parent = current.clone();
+        current.push(component);
+        if current.is_dir() {
+            continue;
+        }
+        let flag = parent.join(CLONE_CHILDREN);
+        let set = std::fs::read_to_string(&flag)
+            .map_err(|e| format!("{}: {e}", flag.display()))?
+            .trim()
+            == "1";
+        if !set {
+            std::fs::write(&flag, "1").map_err(|e| format!("{}: {e}", flag.display()))?;
+        }
+        let made = std::fs::create_dir(&current);
+        if !set {
+            // the new directory inherited the flag: both get the parent's own value
+            for flag in [flag, current.join(CLONE_CHILDREN)] {
+                if let Err(e) = std::fs::write(&flag, "0") {
+                    tracing::warn!(path = %flag.display(), error = %e, "cannot put the cpuset flag back");
+                }
+            }
+        }
+        match made {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(format!("{}: {e}", current.display()));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -259,6 +308,34 @@ mod tests {
             let want: Option<Vec<PathBuf>> = want.map(|w| w.iter().map(PathBuf::from).collect());
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn cpuset_levels_are_made_with_the_flag_set_and_put_back() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        // the parent's flag as found: "0" is put back after the mkdir, "1" stays
+        for found in ["0\n", "1\n"] {
+            let parent = r.join(found.trim());
+            std::fs::create_dir(&parent).unwrap();
+            std::fs::write(parent.join(CLONE_CHILDREN), found).unwrap();
+            let leaf = parent.join("abc");
+            make_cloned(r, &leaf).unwrap();
+            assert!(leaf.is_dir(), "{found:?}");
+            assert_eq!(read(&parent.join(CLONE_CHILDREN)).trim(), found.trim());
+            if found == "0\n" {
+                // the kernel copies a set flag into the new directory: cleared there too
+                assert_eq!(read(&leaf.join(CLONE_CHILDREN)), "0");
+            }
+            // an existing directory: nothing is read or written
+            std::fs::remove_file(parent.join(CLONE_CHILDREN)).unwrap();
+            make_cloned(r, &leaf).unwrap();
+        }
+        // a parent without the flag file is not a cpuset cgroup: an error, nothing made
+        let err = make_cloned(r, &r.join("none/abc")).unwrap_err();
+        assert!(err.contains(CLONE_CHILDREN), "{err}");
+        assert!(!r.join("none").exists());
     }
 
     #[test]

@@ -366,6 +366,8 @@ fn cgroups_and_resources_are_those_runc_sets(v: DebPackage) {
         ("devices", "devices.list"),
         ("pids", "pids.max"),
         ("cpuset", "cpuset.cpus"),
+        ("cpuset", "cpuset.mems"),
+        ("cpuset", "cgroup.clone_children"),
     ] {
         let dir = |id: &str| std::path::PathBuf::from(format!("/sys/fs/cgroup/{ctrl}/{ns}/{id}"));
         if !dir(&runc.0).exists() {
@@ -383,6 +385,19 @@ fn cgroups_and_resources_are_those_runc_sets(v: DebPackage) {
             "{file}={}",
             read(&ours.0).lines().next().unwrap_or("").trim()
         ));
+    }
+    // the shim makes cpusets with the parent's cgroup.clone_children set for the mkdir
+    // (src/placement.rs): put back, the namespace's directory reads as a new one would
+    let flag = |dir: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset{dir}/cgroup.clone_children"))
+            .map(|f| f.trim().to_string())
+    };
+    if let Ok(root) = flag("") {
+        assert_eq!(
+            flag(&format!("/{ns}")).unwrap(),
+            root,
+            "cpuset/{ns} clone_children"
+        );
     }
     assert!(
         compared
