@@ -4,6 +4,8 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
+use std::os::fd::{AsRawFd as _, IntoRawFd as _, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,20 +63,11 @@ impl containerd_shim::Shim for Daemon {
         }
     }
 
-    /// One shim per pod: containers of a pod share the shim of its sandbox, as with runc.
-    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let spec = Spec::load("config.json").map_err(|e| {
-            containerd_shim::Error::InvalidArgument(format!("loading the runtime spec: {e}"))
-        })?;
-        let grouping = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get("io.kubernetes.cri.sandbox-id"))
-            .cloned()
-            .unwrap_or_else(|| opts.id.clone());
-        let (_pid, address) = containerd_shim::spawn(opts, &grouping, vec![])?;
-        containerd_shim::util::write_address(&address)?;
-        Ok(address)
+    /// Not reached: `start` is [`start`] (a fork, not containerd-shim's exec).
+    fn start_shim(&mut self, _opts: StartOpts) -> containerd_shim::Result<String> {
+        Err(containerd_shim::Error::Unimplemented(
+            "start runs in daemon::start".to_string(),
+        ))
     }
 
     /// containerd runs `shim delete` in the bundle when the shim is gone: whatever youki
@@ -150,38 +143,251 @@ pub fn main(args: &[OsString]) {
         let _ = std::io::stdout().write_all(&bytes);
         return;
     }
-    if flags.action == "start" {
-        // first, while single-threaded: containerd sends the create right after. Only
-        // for youki's own cgroup write: a container the shim places needs no lock (and
-        // its mkdir would wait behind this write's grace period).
-        let youki_writes = Spec::load("config.json")
-            .map(|spec| crate::placement::target(&spec, false).is_none())
-            .unwrap_or(true);
-        if youki_writes {
-            crate::prewarm::cgroup_lock_in_child();
-        }
-    }
     logging::install();
-    // `start` and `delete` are short-lived and need none of this.
-    if flags.action.is_empty() {
-        crate::trim::one_malloc_arena();
-        logging::to_containerd(flags.debug);
-        if options::load_beside_binary().precompile {
-            cache::open_for_containers();
-        }
-        limits::open_host_cgroups();
-        // Last, and before any thread: the zygote and every container inherit the above.
-        Zygote::init();
+    match flags.action.as_str() {
+        "start" => start(flags),
+        // a daemon exec'd by an older shim's `start` (a shim upgraded under a pod)
+        "" => serve(flags, SOCKET_FD),
+        _ => containerd_shim::run::<Daemon>(RUNTIME, Some(config())),
     }
-    containerd_shim::run::<Daemon>(
-        RUNTIME,
-        Some(Config {
-            no_setup_logger: true,
-            default_log_level: "info".to_string(),
-            no_reaper: false,
-            no_sub_reaper: false,
-        }),
-    );
+}
+
+/// containerd-shim's settings for `delete`: our own logging, its reaper.
+fn config() -> Config {
+    Config {
+        no_setup_logger: true,
+        default_log_level: "info".to_string(),
+        no_reaper: false,
+        no_sub_reaper: false,
+    }
+}
+
+/// Where an exec'd daemon finds its listening socket (containerd-shim's convention).
+const SOCKET_FD: RawFd = 3;
+
+/// `shim start`: prints the address of the shim that serves this container, forking it
+/// first unless its pod's shim runs already (one shim per pod, as with runc). The
+/// daemon is a fork of this process, not a new exec of the binary as containerd-shim's
+/// `spawn` makes it: containerd waits for the daemon to serve, and an exec costs it the
+/// dynamic loader, glibc's and Rust's start-up and faulting the binary in again (the
+/// start process alone takes 1-2 ms of CPU for those here).
+fn start(flags: Flags) {
+    let spec = match Spec::load("config.json") {
+        Ok(spec) => spec,
+        Err(e) => fail(&format!("loading the runtime spec: {e}")),
+    };
+    // first, while single-threaded: containerd sends the create right after. Only for
+    // youki's own cgroup write: a container the shim places needs no lock (and its mkdir
+    // would wait behind this write's grace period).
+    if crate::placement::target(&spec, false).is_none() {
+        crate::prewarm::cgroup_lock_in_child();
+    }
+    let grouping = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get("io.kubernetes.cri.sandbox-id"))
+        .cloned()
+        .unwrap_or_else(|| flags.id.clone());
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
+    let socket = Path::new(address.strip_prefix("unix://").unwrap_or(&address));
+    let listener = match listen(socket) {
+        Ok(listener) => Some(listener),
+        // the pod's shim, if it answers; else a dead one's socket, replaced
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if answers(socket) {
+                None
+            } else {
+                let _ = std::fs::remove_file(socket);
+                Some(listen(socket).unwrap_or_else(|e| fail(&format!("{address}: {e}"))))
+            }
+        }
+        Err(e) => fail(&format!("{address}: {e}")),
+    };
+    if let Some(listener) = listener {
+        #[allow(unsafe_code)]
+        // SAFETY: single-threaded here (the prewarm child is a process of its own)
+        match unsafe { libc::fork() } {
+            -1 => fail(&format!(
+                "forking the shim: {}",
+                std::io::Error::last_os_error()
+            )),
+            0 => {
+                // containerd reads this process's stdout and stderr to their end
+                detach_stdio();
+                show_daemon_args(&flags);
+                serve(flags, listener.into_raw_fd())
+            }
+            _ => drop(listener),
+        }
+    }
+    if let Err(e) = containerd_shim::util::write_address(&address) {
+        fail(&format!("writing the address file: {e}"));
+    }
+    print!("{address}");
+    let _ = std::io::stdout().flush();
+}
+
+/// A listening socket at `path` (its directory made first).
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Whether a shim serves at `path` (tried for a second, as containerd-shim does).
+fn answers(path: &Path) -> bool {
+    (0..5).any(|attempt| {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        UnixStream::connect(path).is_ok()
+    })
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("containerd-shim-wasmtime-v1: {message}");
+    std::process::exit(1)
+}
+
+/// The command line a daemon of containerd-shim's `spawn` has (`-namespace n -id i
+/// -address a`), in place of the `start` one this fork inherited, for `ps` and whoever
+/// looks for shims by their arguments: written over the inherited one, which is longer
+/// (as setproctitle does; nothing reads the old arguments after this).
+fn show_daemon_args(flags: &Flags) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "containerd-shim-wasmtime-v1".into());
+    let mut args = vec![exe.into_os_string().into_encoded_bytes()];
+    for (flag, value) in [
+        ("-namespace", &flags.namespace),
+        ("-id", &flags.id),
+        ("-address", &flags.address),
+    ] {
+        args.push(flag.as_bytes().to_vec());
+        args.push(value.as_bytes().to_vec());
+    }
+    if flags.debug {
+        args.push(b"-debug".to_vec());
+    }
+    let line: Vec<u8> = args.join(&0u8);
+    // arg_start and arg_end, fields 48 and 49 of /proc/self/stat (45 and 46 after comm)
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<usize> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            Some((*fields.get(45)?, *fields.get(46)?))
+        })
+    else {
+        return;
+    };
+    if start == 0 || end <= start || line.len() >= end - start {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: [start, end) is this process's argument strings, writable memory at the top
+    // of its stack that lives as long as the process; std only reads it through raw
+    // pointers, and it stays NUL-terminated.
+    unsafe {
+        std::ptr::copy_nonoverlapping(line.as_ptr(), start as *mut u8, line.len());
+        std::ptr::write_bytes((start + line.len()) as *mut u8, 0, end - start - line.len());
+    }
+}
+
+/// stdin, stdout and stderr onto /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            #[allow(unsafe_code)]
+            // SAFETY: dup2 onto the standard descriptors, which stay open (as /dev/null)
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// The daemon: serves the task service on `listener` until containerd shuts it down,
+/// then exits. What containerd-shim's `run` does for a daemon, with the process set up
+/// as ours needs first (single-threaded until the zygote is forked).
+fn serve(flags: Flags, listener: RawFd) -> ! {
+    crate::trim::one_malloc_arena();
+    logging::to_containerd(flags.debug);
+    if options::load_beside_binary().precompile {
+        cache::open_for_containers();
+    }
+    limits::open_host_cgroups();
+    // Last, and before any thread: the zygote and every container inherit the above.
+    Zygote::init();
+    match run_daemon(&flags, listener) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!(error = %e, "the shim failed");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run_daemon(flags: &Flags, listener: RawFd) -> Result<(), String> {
+    use containerd_shim::Shim as _;
+    use signal_hook::consts::{SIGCHLD, SIGINT, SIGPIPE, SIGTERM};
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGPIPE, SIGCHLD])
+        .map_err(|e| format!("signal handlers: {e}"))?;
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| format!("becoming a subreaper: {e}"))?;
+    let ttrpc = std::env::var("TTRPC_ADDRESS").map_err(|_| "no TTRPC_ADDRESS".to_string())?;
+    let mut shim = Daemon::new(RUNTIME, flags, &mut config());
+    let publisher = RemotePublisher::new(&ttrpc).map_err(|e| format!("publisher: {e}"))?;
+    let task = shim.create_task_service(publisher);
+    let mut server = containerd_shim::protos::ttrpc::Server::new()
+        .add_listener(listener)
+        .map_err(|e| format!("listener: {e}"))?
+        .register_service(containerd_shim::protos::shim::shim_ttrpc::create_task(
+            std::sync::Arc::new(Box::new(task) as Box<dyn containerd_shim::Task + Send + Sync>),
+        ));
+    server.start().map_err(|e| format!("serving: {e}"))?;
+    tracing::info!("shim serving");
+    std::thread::Builder::new()
+        .name("reaper".to_string())
+        .spawn(move || reap(signals))
+        .map_err(|e| format!("reaper thread: {e}"))?;
+    shim.wait();
+    tracing::info!("shim shutting down");
+    server.shutdown();
+    if let Ok(address) = containerd_shim::util::read_address() {
+        let _ = std::fs::remove_file(address.strip_prefix("unix://").unwrap_or(&address));
+    }
+    Ok(())
+}
+
+/// Collects every exited child (the shim is their subreaper) and hands the status to
+/// containerd-shim's monitor, where the task service waits for its inits: 128 + n for a
+/// signal, as a shell reports it.
+fn reap(mut signals: signal_hook::iterator::Signals) {
+    use rustix::process::WaitOptions;
+    for signal in signals.forever() {
+        if signal != signal_hook::consts::SIGCHLD {
+            continue;
+        }
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+            let code = match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) => code,
+                (None, Some(signal)) => 128 + signal,
+                _ => continue,
+            };
+            let pid = pid.as_raw_nonzero().get();
+            if let Err(e) = containerd_shim::monitor::monitor_notify_by_pid(pid, code) {
+                tracing::warn!(error = %e, "reporting an exit");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

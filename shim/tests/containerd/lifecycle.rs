@@ -6,12 +6,13 @@ use testbed::oci::{ArtifactKind, WasmArtifact};
 use testbed::versions::DebPackage;
 
 use crate::fixtures;
-use crate::harness::{Bed, image_name, wasm_image};
+use crate::harness::{Bed, image_name, unique, wasm_image};
 
 crate::on_every_containerd!(
     second_start_hits_the_file_cache,
     fifty_containers_leave_nothing_behind,
     options_json_turns_the_cache_off_and_caps_unlimited_containers,
+    containers_of_a_pod_share_one_shim,
 );
 
 /// containerd 1.6 cannot unpack Wasm artifacts at all (see `run::every_oci_artifact_media_type`).
@@ -157,4 +158,105 @@ fn fifty_containers_leave_nothing_behind(v: DebPackage) {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{}: {left:?}", state.display());
+}
+
+/// Containers with one CRI sandbox id share a shim, as runc's do: the second `start`
+/// finds the pod's shim serving and answers with its address; the shim (a fork of the
+/// first `start`, showing a daemon's arguments) serves on after the first container goes
+/// and leaves with the last.
+fn containers_of_a_pod_share_one_shim(v: DebPackage) {
+    use std::time::{Duration, Instant};
+    let bed = Bed::start(v);
+    bed.import(&wasm_image("sleep", &fixtures::wat("sleep")));
+    let sandbox = format!("io.kubernetes.cri.sandbox-id={}", unique("pod"));
+    let ids = [unique("pa"), unique("pb")];
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let since = Instant::now();
+        while !done() {
+            assert!(since.elapsed() < Duration::from_secs(20), "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for id in &ids {
+        let out = bed
+            .ctrd
+            .ctr()
+            .args([
+                "run",
+                "-d",
+                "--runtime",
+                testbed::containerd::WASMTIME_RUNTIME,
+            ])
+            .args(["--annotation", &sandbox, &image_name("sleep"), id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        until(&format!("{id} running"), &|| {
+            bed.task_status(id).as_deref() == Some("RUNNING")
+        });
+    }
+    let parent = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("PPid:")
+                    .map(|p| p.trim().parse::<u32>().unwrap())
+            })
+    };
+    // the shim's processes (daemon, zygote, inits) carry its arguments; the daemon is
+    // the one whose parent is none of them
+    let daemons = || -> Vec<u32> {
+        let pids = bed.ctrd.shim_pids();
+        pids.iter()
+            .copied()
+            .filter(|p| parent(*p).is_some_and(|pp| !pids.contains(&pp)))
+            .collect()
+    };
+    let shims = daemons();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    for id in &ids {
+        let pid = bed.task_pid(id).unwrap();
+        assert_eq!(
+            parent(pid),
+            Some(shims[0]),
+            "{id}'s init belongs to the pod's shim"
+        );
+    }
+    let args = std::fs::read(format!("/proc/{}/cmdline", shims[0])).unwrap();
+    let args: Vec<String> = args
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        args.ends_with(&[
+            "-namespace".to_string(),
+            bed.ctrd.namespace().to_string(),
+            "-id".to_string(),
+            ids[0].clone(),
+            "-address".to_string(),
+            args[args.len() - 1].clone(),
+        ]) && !args.iter().any(|a| a == "start"),
+        "the daemon shows a daemon's arguments: {args:?}"
+    );
+    let remove = |id: &str| {
+        let _ = bed
+            .ctrd
+            .ctr()
+            .args(["tasks", "kill", "-s", "SIGKILL", id])
+            .output();
+        until(&format!("{id} stopped"), &|| {
+            bed.task_status(id).as_deref() != Some("RUNNING")
+        });
+        for what in [&["tasks", "delete"][..], &["containers", "delete"]] {
+            let out = bed.ctrd.ctr().args(what).arg(id).output().unwrap();
+            assert!(out.status.success(), "ctr {what:?} {id}: {out:?}");
+        }
+    };
+    remove(&ids[0]);
+    assert_eq!(bed.task_status(&ids[1]).as_deref(), Some("RUNNING"));
+    assert_eq!(daemons(), shims, "the pod's shim serves on");
+    remove(&ids[1]);
+    until("the pod's shim gone", &|| bed.ctrd.shim_pids().is_empty());
 }
