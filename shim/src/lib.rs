@@ -40,6 +40,7 @@ pub mod mounts;
 pub mod options;
 pub mod placement;
 pub mod prewarm;
+pub mod rootfs;
 pub mod shim;
 pub mod task;
 pub mod trim;

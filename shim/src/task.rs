@@ -254,7 +254,7 @@ impl Service {
         let _ = std::fs::create_dir_all(&rootfs);
         for m in &req.rootfs {
             let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-            containerd_shim::mount::mount_rootfs(
+            crate::rootfs::mount(
                 non_empty(&m.type_).as_deref(),
                 non_empty(&m.source).as_deref(),
                 &m.options,
