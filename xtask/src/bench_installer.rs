@@ -44,18 +44,10 @@ pub struct Figures {
 }
 
 pub fn run() -> Result<Figures> {
-    cmd::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "wasm-installer",
-        "-p",
-        "containerd-shim-wasmtime",
-    ])?;
+    cmd::cargo(&["build", "--release", "--locked", "-p", "wasm-installer"])?;
+    let shim = cmd::release_shim()?;
     let target = PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("xtask sets it")?);
     let installer = target.join("release/wasm-installer");
-    let shim = target.join("release/containerd-shim-wasmtime-v1");
     let work = tempfile::tempdir()?;
     let out = work.path().join("figures.jsonl");
     let date = cmd::output(Command::new("date").args(["-u", "+%F"]))?

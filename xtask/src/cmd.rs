@@ -120,16 +120,32 @@ pub fn wasm_fixtures(dir: &std::path::Path) -> Result<()> {
     ])
 }
 
-/// Builds the release shim (libseccomp linked statically, `.cargo/config.toml`: the binary
-/// nodes get) and returns its path.
+/// rustc flags of the release shim's binary: linked statically against glibc's archives
+/// (and position-dependent, as shim/build.rs links every build). containerd execs the
+/// binary for `start` and `delete` of every container and waits for both; a static one
+/// skips the dynamic loader (0.5 ms of a 1.4 ms `delete` here, docs/benchmarks.md) and a
+/// node needs no library. Only the binary may get them, hence `cargo rustc`: as RUSTFLAGS
+/// they would reach the proc-macro crates, which they break. images/Dockerfile runs the
+/// same command (a test in images.rs holds it to this).
+pub const STATIC_SHIM: &[&str] = &[
+    "rustc",
+    "--release",
+    "--locked",
+    "-p",
+    "containerd-shim-wasmtime",
+    "--bin",
+    "containerd-shim-wasmtime-v1",
+    "--",
+    "-C",
+    "target-feature=+crt-static",
+    "-C",
+    "relocation-model=static",
+];
+
+/// Builds the release shim (static, [`STATIC_SHIM`]; libseccomp is an archive anyway,
+/// `.cargo/config.toml`: the binary nodes get) and returns its path.
 pub fn release_shim() -> Result<std::path::PathBuf> {
-    cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "containerd-shim-wasmtime",
-    ])?;
+    cargo(STATIC_SHIM)?;
     let target = std::env::var("CARGO_TARGET_DIR").context("xtask sets CARGO_TARGET_DIR")?;
     Ok(std::path::Path::new(&target).join("release/containerd-shim-wasmtime-v1"))
 }

@@ -201,7 +201,8 @@ pub fn build(dev: bool, out: &Path) -> Result<Written> {
     Ok(written)
 }
 
-/// `cargo build` of the three binaries; returns the directory they are in.
+/// `cargo build` of the three binaries (the release shim static, [`cmd::STATIC_SHIM`]);
+/// returns the directory they are in.
 pub fn build_binaries(dev: bool) -> Result<PathBuf> {
     let mut args = vec![
         "build",
@@ -210,13 +211,16 @@ pub fn build_binaries(dev: bool) -> Result<PathBuf> {
         "wasm-operator",
         "-p",
         "wasm-installer",
-        "-p",
-        "containerd-shim-wasmtime",
     ];
-    if !dev {
+    if dev {
+        args.extend(["-p", "containerd-shim-wasmtime"]);
+    } else {
         args.push("--release");
     }
     cmd::cargo(&args)?;
+    if !dev {
+        cmd::release_shim()?;
+    }
     Ok(
         PathBuf::from(std::env::var("CARGO_TARGET_DIR").context("CARGO_TARGET_DIR")?)
             .join(if dev { "debug" } else { "release" }),
@@ -336,6 +340,8 @@ mod tests {
     fn the_dockerfile_builds_what_xtask_builds() {
         let path = cmd::workspace_root().join("images/Dockerfile");
         let text = std::fs::read_to_string(&path).unwrap();
+        let shim = format!("RUN cargo {}\n", cmd::STATIC_SHIM.join(" "));
+        assert!(text.contains(&shim), "the shim as xtask builds it: {shim}");
         for (spec, target) in specs().iter().zip(["operator", "installer"]) {
             let st = stage(&text, target);
             let mut want: Vec<String> = spec.entries.iter().map(|e| e.dest.clone()).collect();
