@@ -346,7 +346,11 @@ fn run_daemon(flags: &Flags, listener: RawFd) -> Result<(), String> {
     let mut shim = Daemon::new(RUNTIME, flags, &mut config());
     let publisher = RemotePublisher::new(&ttrpc).map_err(|e| format!("publisher: {e}"))?;
     let task = shim.create_task_service(publisher);
+    // two request threads per connection (ttrpc's default is three, its minimum one):
+    // containerd holds one connection to a shim, with a `Wait` parked on one thread and
+    // one call at a time besides; ttrpc adds threads when they run out
     let mut server = containerd_shim::protos::ttrpc::Server::new()
+        .set_thread_count_default(2)
         .add_listener(listener)
         .map_err(|e| format!("listener: {e}"))?
         .register_service(containerd_shim::protos::shim::shim_ttrpc::create_task(

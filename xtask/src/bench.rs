@@ -767,12 +767,13 @@ fn report(f: &Figures) -> String {
         "Where the time goes (medians, from containerd's log, which the shims log into; \
          cache-hit runs). \"In the shim\" runs from containerd connecting to the started shim \
          to the shim's disconnect; the rest is `ctr` and containerd (image, snapshot, \
-         mounts, starting the shim binary):\n\n\
+         mounts, starting the shim binary: for ours `shim start`, which forks the daemon, and \
+         the `shim delete` containerd runs after every shim, both of a static binary):\n\n\
          | | runc | our shim |\n|---|---|---|\n\
          | total (`ctr run --rm`) | {r:.1} ms | {h:.1} ms |\n\
          | outside the shim | {:.1} ms | {:.1} ms |\n\
          | in the shim | {runc_window:.1} ms | {ours_window:.1} ms |\n\
-         | - create (our task service: rootfs mount; the zygote makes the cgroups and applies the resources, a builder process moves itself in without the kernel's global lock and youki builds the container with no cgroup write of its own, `shim/src/placement.rs` (runc's `cgroup.procs` write waits out an RCU grace period, 6-13 ms here); no Wasm-layer lookup when the entrypoint is in the rootfs) | | {:.1} ms |\n\
+         | - create (our task service: rootfs mount in its own thread; the zygote makes the cgroups (a new cpuset inherits its parent's CPUs at the mkdir, no scheduler-domain rebuild) and applies the resources, a builder process moves itself in without the kernel's global lock and youki builds the container with no cgroup write of its own, `shim/src/placement.rs` (runc's `cgroup.procs` write waits out an RCU grace period, 6-13 ms here); no Wasm-layer lookup when the entrypoint is in the rootfs) | | {:.1} ms |\n\
          | - start request -> the executor runs the guest in the container | | {:.1} ms |\n\
          | - guest run: engine, cache load, guest, exit | | {:.1} ms |\n\
          | - guest exit -> shim gone (exit event, delete, shim exit) | | {:.1} ms |\n",
