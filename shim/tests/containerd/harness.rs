@@ -127,6 +127,19 @@ impl Bed {
         cmd
     }
 
+    /// `ctr run -d` of a Wasm container (returns once its task runs), which must succeed.
+    pub fn run_detached(&self, flags: &[&str], image: &str, id: &str) {
+        let out = self
+            .ctrd
+            .ctr()
+            .args(["run", "-d", "--runtime", WASMTIME_RUNTIME])
+            .args(flags)
+            .args([image, id])
+            .output()
+            .expect("ctr run -d");
+        assert!(out.status.success(), "ctr run -d {id}: {out:?}");
+    }
+
     /// `ctr events` running in the background, into a file.
     pub fn watch_events(&self) -> EventLog {
         let path = self.work.path().join(format!("{}.events", unique("ev")));

@@ -178,19 +178,7 @@ fn containers_of_a_pod_share_one_shim(v: DebPackage) {
         }
     };
     for id in &ids {
-        let out = bed
-            .ctrd
-            .ctr()
-            .args([
-                "run",
-                "-d",
-                "--runtime",
-                testbed::containerd::WASMTIME_RUNTIME,
-            ])
-            .args(["--annotation", &sandbox, &image_name("sleep"), id])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        bed.run_detached(&["--annotation", &sandbox], &image_name("sleep"), id);
         until(&format!("{id} running"), &|| {
             bed.task_status(id).as_deref() == Some("RUNNING")
         });

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use testbed::containerd::WASMTIME_RUNTIME;
 use testbed::versions::DebPackage;
 
 use crate::fixtures;
@@ -19,23 +18,7 @@ fn running_task_survives_a_containerd_restart(v: DebPackage) {
     let port = free_port();
     let id = unique("kept");
     let env = format!("WASMRUNTIME_HTTP_PORT={port}");
-    let run = bed
-        .ctrd
-        .ctr()
-        .args([
-            "run",
-            "-d",
-            "--runtime",
-            WASMTIME_RUNTIME,
-            "--net-host",
-            "--env",
-            &env,
-        ])
-        .arg(image_name("http"))
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{run:?}");
+    bed.run_detached(&["--net-host", "--env", &env], &image_name("http"), &id);
     let start = Instant::now();
     while get(port, "/ready").is_err() {
         assert!(
