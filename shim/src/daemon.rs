@@ -1,6 +1,7 @@
-//! The shim process as containerd runs it: `start` (spawn or reuse the pod's shim),
-//! `delete` (clean up after a shim that died), and the daemon serving the task service.
-//! containerd-shim's `run` does the protocol; this is what is ours in it.
+//! The shim process as containerd runs it: `start` (fork the daemon, or reuse the pod's),
+//! the daemon serving the task service, and `delete` (clean up after a shim that died).
+//! `start` and the daemon's bootstrap are ours (a fork instead of containerd-shim's
+//! exec, see [`start`]); `delete` runs on containerd-shim's `run`.
 
 use std::ffi::OsString;
 use std::io::Write as _;
