@@ -739,7 +739,7 @@ fn report(f: &Figures) -> String {
     let _ = writeln!(
         s,
         "## Shim (`cargo xtask bench shim`, {date})\n\n\
-         containerd {}, release shim (libseccomp static), {cpus} CPUs, load average {} before \
+         containerd {}, release shim (static: `xtask/src/cmd.rs` STATIC_SHIM), {cpus} CPUs, load average {} before \
          and {} after (other work on the machine shows up here; the runs are interleaved so \
          it hits both sides of each comparison alike).\n",
         f.containerd,
