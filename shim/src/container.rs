@@ -48,6 +48,9 @@ pub struct CreateArgs {
     pub systemd_cgroup: bool,
     /// Wasm layers of an OCI artifact; empty for an image with a rootfs.
     pub layers: Vec<WasmLayer>,
+    /// where the shim places the container itself ([`crate::placement::target`]); `None`
+    /// when youki does
+    pub placement: Option<crate::placement::Target>,
 }
 
 /// A created (not yet started) container.
@@ -308,18 +311,18 @@ fn youki_bundle(root: &Path, id: &str) -> PathBuf {
 }
 
 impl Placed {
-    /// In the zygote: what to place where; `None` when the host or the spec calls for
-    /// youki's own path.
+    /// In the zygote: the spec copy for the placement the task service decided
+    /// (`args.placement`); `None` when youki places the container.
     fn prepare(args: &CreateArgs) -> Result<Option<Self>, String> {
-        let mut spec = Spec::load(args.bundle.join("config.json")).map_err(|e| e.to_string())?;
         let Some(crate::placement::Target {
             cgroups_path,
             mounts,
             dirs,
-        }) = crate::placement::target(&spec, args.systemd_cgroup)
+        }) = args.placement.clone()
         else {
             return Ok(None);
         };
+        let mut spec = Spec::load(args.bundle.join("config.json")).map_err(|e| e.to_string())?;
         let mut linux = spec.linux().clone().unwrap_or_default();
         let resources = linux.resources().clone();
         linux.set_resources(None);

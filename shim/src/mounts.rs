@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 
 /// One line of `/proc/self/mountinfo`, reduced to what the preopen policy needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountEntry {
     /// The path of the mount relative to the root of its filesystem (field 4). For a
     /// cgroup bind mount this is the cgroup path.

@@ -81,7 +81,9 @@ pub fn v1_dirs(mounts: &[MountEntry], cgroups_path: &Path) -> Option<Vec<PathBuf
 }
 
 /// Where the shim places a container itself: its `cgroupsPath`, this host's mount table
-/// and the container's directory in every v1 hierarchy ([`v1_dirs`]).
+/// and the container's directory in every v1 hierarchy ([`v1_dirs`]). Decided once per
+/// create, by the task service, and handed to the zygote with the create.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub cgroups_path: PathBuf,
     pub mounts: Vec<MountEntry>,

@@ -243,7 +243,8 @@ impl Service {
         })?;
         // youki's cgroup write comes after the rootfs mount and its forks (a container
         // the shim places itself makes no such write)
-        if crate::placement::target(&spec, systemd).is_none() {
+        let placement = crate::placement::target(&spec, systemd);
+        if placement.is_none() {
             crate::prewarm::cgroup_lock();
         }
         let rootfs = bundle.join(
@@ -291,6 +292,7 @@ impl Service {
             stderr: path(&req.stderr),
             systemd_cgroup: systemd,
             layers,
+            placement,
         });
         let created =
             created.map_err(|e| err(Code::INTERNAL, format!("creating the container: {e}")))?;
