@@ -68,23 +68,13 @@ fn binary() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_containerd-shim-wasmtime-v1").to_string())
 }
 
-/// Whether the binary is statically linked (the release build, `cargo xtask`'s
-/// `STATIC_SHIM`): `ldd` says so and fails.
-fn is_static(ldd: &std::process::Output) -> bool {
-    !ldd.status.success()
-        && String::from_utf8_lossy(&ldd.stdout)
-            .lines()
-            .chain(String::from_utf8_lossy(&ldd.stderr).lines())
-            .any(|l| l.trim() == "not a dynamic executable")
-}
-
 /// Nodes must need nothing beyond glibc: the release build needs no library at all; a
 /// plain build only glibc's (and `libgcc_s`, which Debian's libc6 itself depends on;
 /// Rust's unwinder uses it).
 #[test]
 fn links_only_glibc() {
     let out = Command::new("ldd").arg(binary()).output().expect("ldd");
-    if is_static(&out) {
+    if testbed::ldd::says_static(&out) {
         return;
     }
     assert!(out.status.success(), "{out:?}");
@@ -129,7 +119,7 @@ fn readme_states_the_glibc_the_binary_needs() {
     )
     .expect("README.md");
     let ldd = Command::new("ldd").arg(binary()).output().expect("ldd");
-    if is_static(&ldd) {
+    if testbed::ldd::says_static(&ldd) {
         let documented = "release binary is linked statically";
         assert!(
             readme.contains(documented),

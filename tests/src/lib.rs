@@ -3,6 +3,7 @@
 
 pub mod cni;
 pub mod containerd;
+pub mod ldd;
 pub mod node;
 pub mod oci;
 pub mod paths;

@@ -151,14 +151,11 @@ fn ldd(binary: &Path) -> Result<Vec<String>> {
         .arg(binary)
         .output()
         .context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // A static binary (the release shim): ldd exits 1 saying so, on stdout or stderr
-    // depending on the ldd; it needs nothing.
-    let said =
-        |what: &str| text.contains(what) || String::from_utf8_lossy(&out.stderr).contains(what);
-    if said("not a dynamic executable") || said("statically linked") {
+    // a static binary (the release shim) needs nothing
+    if testbed::ldd::says_static(&out) {
         return Ok(Vec::new());
     }
+    let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
             "ldd {}: {}",
